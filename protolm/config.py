@@ -1,0 +1,64 @@
+"""Training configuration: every hyperparameter is a flag and a ``PROTOLM_*`` variable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protolm.layers import SIMILARITIES
+from protolm.options import option
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str | None = option(None, "named task: sst2, sst5, rte, wnli, mrpc, qnli, mnli, imdb")
+    dataset: str | None = option(None, "a Hugging Face hub dataset, NAME or NAME:CONFIG (instead of --task)")
+    train_file: str | None = option(None, "your own training file: .csv, .tsv, .jsonl, .json or .parquet (optionally .gz)")
+    validation_file: str | None = option(None, "your own validation file; without one, --validation-fraction of the training file is held out")
+    text_column: str = option("text", "column holding the text (files and hub datasets)")
+    text_pair_column: str | None = option(None, "column holding the second text of a pair (files and hub datasets)")
+    label_column: str = option("label", "column holding the label: class names or integer ids")
+    data_dir: str | None = option(None, "directory with <task>/<split>.jsonl.gz files; named tasks fall back to the hub when a split is not there")
+    validation_fraction: float = option(0.1, "share of the training data held out when there is no validation split")
+    max_train_samples: int | None = option(None, "train on a seeded random subset of this many examples")
+    max_eval_samples: int | None = option(None, "evaluate on a seeded random subset of this many examples")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    architecture: str = option("protolm", "protolm, or baseline (mean-pooled encoder + linear head, for comparison)", choices=("protolm", "baseline"))
+    encoder: str = option("minilm", "packaged name (minilm), a local model directory, or a Hugging Face hub name such as roberta-base")
+    max_length: int | None = option(None, "maximum tokens per input; default: the task's (50 for SST, 128 for pairs, 256 for IMDb)")
+    num_prototypes: int = option(200, "total prototypes N, split evenly over the classes (at least one each)")
+    top_k: float = option(0.5, "K for cohesion/separation: a count, or a fraction (< 1) of the prototypes per class")
+    similarity: str = option("inverse", "prototype similarity: inverse (1/(d+eps), the paper's), log (ProtoPNet), cosine", choices=SIMILARITIES)
+    epsilon: float = option(1e-4, "epsilon of the inverse and log similarities")
+    prototype_init: str = option("data", "data: start prototypes at encodings of random training examples of their class; random: uniform [0, 1)", choices=("data", "random"))
+    ce_weight: float = option(0.5, "lambda0: weight of cross-entropy")
+    cohesion_weight: float = option(0.25, "lambda1: weight of the cohesion term")
+    separation_weight: float = option(0.25, "lambda2: weight of the separation term")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    output_dir: str | None = option(None, "where the model directory goes; default runs/<architecture>-<task>")
+    epochs: float = option(3.0, "training epochs")
+    batch_size: int = option(32, "training batch size per device")
+    eval_batch_size: int = option(128, "evaluation batch size per device")
+    learning_rate: float = option(2e-5, "learning rate of the encoder")
+    head_learning_rate: float = option(1e-3, "learning rate of the layers on top: attention, prototypes, classifier")
+    weight_decay: float = option(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
+    warmup_ratio: float = option(0.06, "share of steps with a linear learning-rate warm-up")
+    early_stopping_patience: int = option(2, "stop after this many epochs without a better validation accuracy (0: never)")
+    seed: int = option(42, "seed for initialisation, sampling and data order")
+    precision: str = option("fp32", "fp32, bf16 or fp16 (mixed precision needs a GPU for fp16)", choices=("fp32", "bf16", "fp16"))
+    project: bool = option(True, "after training, project every prototype onto its nearest training example")
+    push: bool = option(False, "ProtoPNet push: replace prototypes by their exemplars' encodings, then retrain the last layer")
+    push_epochs: int = option(30, "epochs of last-layer retraining after push")
+    dataloader_workers: int = option(0, "data-loading worker processes")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig
+    model: ModelOptions
+    optim: OptimConfig

@@ -1,0 +1,37 @@
+"""The project's one exception hierarchy.
+
+Training, export and serving raise these; the gRPC layer maps them to status codes in a
+single place (``service.errors``). Standard library only, so the service can import it.
+"""
+
+
+class ProtoLMError(Exception):
+    """Base class: every error the project raises on purpose."""
+
+
+class ConfigError(ProtoLMError):
+    """An option or combination of options that cannot work."""
+
+
+class DataError(ProtoLMError):
+    """Input data that cannot be used: missing file or column, unknown label, empty split."""
+
+
+class BundleError(ProtoLMError):
+    """A serving bundle that is missing, corrupt or of an unsupported format version."""
+
+
+class InvalidInputError(ProtoLMError):
+    """A request the service cannot answer because of what the caller sent."""
+
+
+class OverloadedError(ProtoLMError):
+    """The service is at capacity and rejects work instead of queueing it without bound."""
+
+
+class NotReadyError(ProtoLMError):
+    """The service is starting, reloading or draining and cannot take the request."""
+
+
+class UnauthenticatedError(ProtoLMError):
+    """A missing or wrong bearer token."""

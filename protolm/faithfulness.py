@@ -1,0 +1,104 @@
+"""Faithfulness of the attention explanation: comprehensiveness and sufficiency (ERASER).
+
+For each example, its real tokens (never the special ones) are ranked by the model's token
+attention; the top q% are then removed (comprehensiveness) or kept alone (sufficiency), and
+the drop in the probability of the originally predicted class is averaged. A faithful
+ranking has high comprehensiveness and low sufficiency; the same is computed for a seeded
+random ranking so the figures have a floor to be read against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from protolm.data import TextClassificationData
+from protolm.model import EncoderClassifier
+
+FRACTIONS = (0.01, 0.05, 0.10, 0.20, 0.50)
+RANKINGS = ("attention", "random")
+
+
+@dataclass
+class Faithfulness:
+    fractions: tuple[float, ...]
+    comprehensiveness: dict[str, list[float]]  # ranking -> one mean drop per fraction
+    sufficiency: dict[str, list[float]]
+
+    def as_dict(self) -> dict:
+        return {"fractions": list(self.fractions), "comprehensiveness": self.comprehensiveness, "sufficiency": self.sufficiency}
+
+    def at(self, metric: str, ranking: str, fraction: float) -> float:
+        return getattr(self, metric)[ranking][self.fractions.index(fraction)]
+
+
+def _forward_probabilities(model: EncoderClassifier, sequences: list[dict], pad_id: int, device) -> torch.Tensor:
+    length = max(len(s["input_ids"]) for s in sequences)
+    batch = {}
+    for key in sequences[0]:
+        padded = torch.full((len(sequences), length), pad_id if key == "input_ids" else 0, dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            padded[row, : len(sequence[key])] = torch.tensor(sequence[key])
+        batch[key] = padded.to(device)
+    return torch.softmax(model(**batch).logits.float(), dim=-1)
+
+
+def _perturbed(sequence: dict, drop: set[int]) -> dict:
+    return {key: [v for position, v in enumerate(values) if position not in drop] for key, values in sequence.items()}
+
+
+def evaluate_faithfulness(
+    model: EncoderClassifier,
+    data: TextClassificationData,
+    batch_size: int = 64,
+    fractions: tuple[float, ...] = FRACTIONS,
+    seed: int = 0,
+    progress: bool = True,
+) -> Faithfulness:
+    rng = np.random.default_rng(seed)
+    device = next(model.parameters()).device
+    pad_id = model.tokenizer.pad_token_id or 0
+    comprehensiveness = {r: np.zeros(len(fractions)) for r in RANKINGS}
+    sufficiency = {r: np.zeros(len(fractions)) for r in RANKINGS}
+    model.eval()
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(data), batch_size), desc="faithfulness", disable=not progress, unit="batch"):
+            indices = range(start, min(start + batch_size, len(data)))
+            texts = [data.texts[i] for i in indices]
+            pairs = [data.text_pairs[i] for i in indices] if data.is_pair else None
+            encoded = model.tokenize(texts, pairs)
+            output = model(**{k: v.to(device) for k, v in encoded.items()})
+            if output.token_attention is None:
+                raise ValueError("faithfulness of the attention ranking needs a model with token attention")
+            probabilities = torch.softmax(output.logits.float(), dim=-1)
+            predicted = probabilities.argmax(-1)
+            original = probabilities.gather(1, predicted[:, None]).squeeze(1)
+            attention = output.token_attention.float().cpu().numpy()
+
+            sequences, content = [], []
+            for row, encoding in enumerate(encoded.encodings):
+                length = int(encoded["attention_mask"][row].sum())
+                sequences.append({k: v[row, :length].tolist() for k, v in encoded.items()})
+                content.append(np.array([p for p in range(length) if encoding.sequence_ids[p] is not None]))
+            rankings = {
+                "attention": [c[np.argsort(-attention[row][c], kind="stable")] for row, c in enumerate(content)],
+                "random": [rng.permutation(c) for c in content],
+            }
+            for ranking, ranked in rankings.items():
+                for f, fraction in enumerate(fractions):
+                    tops = [set(r[: max(1, math.ceil(fraction * len(r)))].tolist()) for r in ranked]
+                    removed = [_perturbed(s, top) for s, top in zip(sequences, tops)]
+                    kept = [_perturbed(s, set(c.tolist()) - top) for s, c, top in zip(sequences, content, tops)]
+                    for target, perturbed in ((comprehensiveness, removed), (sufficiency, kept)):
+                        new = _forward_probabilities(model, perturbed, pad_id, device)
+                        drop = original - new.gather(1, predicted[:, None].to(new.device)).squeeze(1)
+                        target[ranking][f] += float(drop.sum())
+    return Faithfulness(
+        fractions=tuple(fractions),
+        comprehensiveness={r: (v / len(data)).tolist() for r, v in comprehensiveness.items()},
+        sufficiency={r: (v / len(data)).tolist() for r, v in sufficiency.items()},
+    )

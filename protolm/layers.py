@@ -1,0 +1,65 @@
+"""The two layers proto-lm adds on top of an encoder: token attention and prototypes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SIMILARITIES = ("inverse", "log", "cosine")
+
+
+class TokenAttention(nn.Module):
+    """u_t = tanh(W h_t + b), alpha = softmax_t(u_t . w) over real tokens only.
+
+    Padding positions get exactly zero weight: their scores are replaced by the dtype's
+    minimum before the softmax, so ``exp`` underflows to 0 instead of leaking mass.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.projection = nn.Linear(hidden_size, hidden_size)
+        self.context = nn.Linear(hidden_size, 1, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        scores = self.context(torch.tanh(self.projection(hidden_states))).squeeze(-1)
+        scores = scores.masked_fill(attention_mask == 0, torch.finfo(scores.dtype).min)
+        return torch.softmax(scores, dim=-1)
+
+
+class PrototypeLayer(nn.Module):
+    """N learned prototype vectors, ``per_class`` for each class, scored against a pooled vector.
+
+    Returns ``(distances, similarities)``. Distances are L2 for ``inverse`` (the paper's
+    1 / (d + eps)) and ``log`` (ProtoPNet's log((d^2 + 1) / (d^2 + eps))), and 1 - cos for
+    ``cosine``. Losses work on distances; the classifier reads similarities.
+    """
+
+    def __init__(self, num_classes: int, per_class: int, hidden_size: int, similarity: str, epsilon: float):
+        super().__init__()
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        self.similarity = similarity
+        self.epsilon = epsilon
+        self.vectors = nn.Parameter(torch.rand(num_classes * per_class, hidden_size))
+        self.register_buffer(
+            "prototype_class", torch.arange(num_classes).repeat_interleave(per_class), persistent=True
+        )
+
+    @property
+    def num_prototypes(self) -> int:
+        return self.vectors.shape[0]
+
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.similarity == "cosine":
+            cosine = nn.functional.normalize(pooled, dim=-1) @ nn.functional.normalize(self.vectors, dim=-1).T
+            return 1.0 - cosine, cosine
+        squared = (
+            pooled.pow(2).sum(-1, keepdim=True)
+            - 2.0 * pooled @ self.vectors.T
+            + self.vectors.pow(2).sum(-1).unsqueeze(0)
+        ).clamp_min(0.0)
+        # sqrt has an infinite slope at 0; a floor keeps gradients finite when S sits on a prototype.
+        distances = torch.sqrt(squared.clamp_min(self.epsilon**2))
+        if self.similarity == "inverse":
+            return distances, 1.0 / (distances + self.epsilon)
+        return distances, torch.log((squared + 1.0) / (squared + self.epsilon))

@@ -1,0 +1,103 @@
+"""The one-command jobs behind the CLI: train (then project, push, evaluate) and evaluate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protolm.config import DataConfig, TrainConfig
+from protolm.data import TextClassificationData, load_split, validation_split_name
+from protolm.errors import ConfigError
+from protolm.evaluation import EvaluationReport, classification_metrics, evaluate
+from protolm.inference import predict
+from protolm.model import EncoderClassifier, ProtoLM, load_model
+from protolm.options import option
+from protolm.projection import load_exemplars, project_prototypes, push, save_exemplars, similarities_from_pooled
+from protolm.training import TRAINING_FILE, data_source, load_train_validation, train_model
+
+log = logging.getLogger(__name__)
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    split: str | None = option(None, "split to evaluate; default: the source's validation split")
+    batch_size: int = option(128, "evaluation batch size")
+    faithfulness: bool = option(True, "also measure comprehensiveness and sufficiency (about 20 extra passes)")
+    seed: int = option(0, "seed of the random ranking and of --max-eval-samples")
+
+
+def _accuracy_from_pooled(model: ProtoLM, pooled: np.ndarray, labels: np.ndarray) -> float:
+    logits = model.classifier(similarities_from_pooled(model, pooled)).detach().cpu().numpy()
+    return classification_metrics(labels, logits.argmax(1), model.config.num_classes).accuracy
+
+
+def _project(model: ProtoLM, train: TextClassificationData, validation: TextClassificationData, config: TrainConfig, output_dir: Path) -> dict:
+    """Projection (and push, when asked); returns what it measured."""
+    batch = config.optim.eval_batch_size
+    train_pooled = predict(model, train, batch).pooled
+    exemplars = project_prototypes(model, train, train_pooled)
+    report: dict = {}
+    if config.optim.push:
+        validation_pooled = predict(model, validation, batch).pooled
+        report["accuracy_before_push"] = _accuracy_from_pooled(model, validation_pooled, validation.labels)
+        push(model, train_pooled, train.labels, exemplars, config.optim.push_epochs, config.optim.seed)
+        report["accuracy_after_push"] = _accuracy_from_pooled(model, validation_pooled, validation.labels)
+        exemplars = project_prototypes(model, train, train_pooled)
+        model.save_pretrained(output_dir)
+        log.info("push: validation accuracy %.4f -> %.4f", report["accuracy_before_push"], report["accuracy_after_push"])
+    save_exemplars(output_dir, exemplars, source=train.name)
+    return report
+
+
+def run_training(config: TrainConfig, eval_config: EvalConfig) -> tuple[EncoderClassifier, Path, EvaluationReport]:
+    train, validation = load_train_validation(config.data, config.optim.seed)
+    model, output_dir, summary = train_model(config, train, validation)
+    if isinstance(model, ProtoLM) and config.optim.project:
+        summary["projection"] = _project(model, train, validation, config, output_dir)
+    report = evaluate(
+        model,
+        validation,
+        batch_size=config.optim.eval_batch_size,
+        exemplars=load_exemplars(output_dir),
+        with_faithfulness=eval_config.faithfulness,
+        seed=eval_config.seed,
+    )
+    summary["evaluation"] = report.as_dict()
+    (output_dir / TRAINING_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (output_dir / EVALUATION_FILE).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return model, output_dir, report
+
+
+def training_data_config(model_dir: str | Path) -> DataConfig | None:
+    path = Path(model_dir) / TRAINING_FILE
+    if not path.is_file():
+        return None
+    return DataConfig(**json.loads(path.read_text())["config"]["data"])
+
+
+def run_evaluation(model_dir: str | Path, data_config: DataConfig, eval_config: EvalConfig) -> EvaluationReport:
+    """Evaluate a saved model; with no data options, on the data it was trained with."""
+    if not (data_config.task or data_config.dataset or data_config.train_file or data_config.validation_file):
+        saved = training_data_config(model_dir)
+        if saved is None:
+            raise ConfigError(f"{model_dir} has no {TRAINING_FILE}; name the data with --task, --dataset or --validation-file")
+        data_config = dataclasses.replace(saved, max_eval_samples=data_config.max_eval_samples)
+    model = load_model(model_dir)
+    source = data_source(dataclasses.replace(data_config, train_file=data_config.train_file or data_config.validation_file))
+    split = eval_config.split or validation_split_name(source)
+    data = load_split(source, split, label_names=model.config.label_names)
+    data = data.sample(data_config.max_eval_samples, eval_config.seed)
+    return evaluate(
+        model,
+        data,
+        batch_size=eval_config.batch_size,
+        exemplars=load_exemplars(model_dir),
+        with_faithfulness=eval_config.faithfulness,
+        seed=eval_config.seed,
+    )

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from protolm.data import TextClassificationData
+from protolm.evaluation import prototype_quality
+from protolm.inference import predict
+from protolm.projection import load_exemplars, nearest_examples, project_prototypes, push, save_exemplars
+
+TEXTS = ["good", "great fun", "bad", "awful mess", "fine acting", "boring plot", "lovely", "terrible", "superb work", "weak"]
+
+
+@pytest.fixture
+def train_data():
+    return TextClassificationData(TEXTS, None, np.array([1, 1, 0, 0, 1, 0, 1, 0, 1, 0]), ["negative", "positive"], "tiny:train")
+
+
+@pytest.mark.parametrize("similarity", ["inverse", "cosine"])
+def test_projection_picks_the_true_nearest_example(make_model, train_data, similarity):
+    model = make_model(per_class=3, similarity=similarity)
+    pooled = predict(model, train_data, batch_size=4, progress=False).pooled
+    exemplars = project_prototypes(model, train_data, pooled)
+    prototypes = model.prototypes.vectors.detach().numpy()
+    if similarity == "cosine":
+        unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+        brute = 1 - unit(prototypes) @ unit(pooled).T
+    else:
+        brute = np.linalg.norm(prototypes[:, None] - pooled[None], axis=-1)
+    assert [e.example_index for e in exemplars] == brute.argmin(1).tolist()
+    assert np.allclose([e.distance for e in exemplars], brute.min(1), atol=1e-3)
+    for exemplar in exemplars:
+        assert exemplar.text == TEXTS[exemplar.example_index]
+        assert exemplar.prototype_class == model.prototype_class[exemplar.prototype].item()
+        assert exemplar.words and sum(w.weight for w in exemplar.words) <= 1.0 + 1e-5
+
+
+def test_nearest_examples_returns_k_sorted(make_model):
+    model = make_model()
+    base = np.random.default_rng(0).normal(size=(50, 32)).astype(np.float32)
+    distances, indices = nearest_examples(model, base, base[:3], k=4)
+    assert indices[:, 0].tolist() == [0, 1, 2]
+    assert np.all(np.diff(distances, axis=1) >= 0)
+
+
+def test_exemplars_round_trip(make_model, train_data, tmp_path):
+    model = make_model()
+    exemplars = project_prototypes(model, train_data, predict(model, train_data, progress=False).pooled)
+    save_exemplars(tmp_path, exemplars, source="tiny:train")
+    assert load_exemplars(tmp_path) == exemplars
+    quality = prototype_quality(exemplars)
+    assert quality.prototypes == 6
+    assert quality.distinct_exemplars == len({e.example_index for e in exemplars})
+    assert quality.purity == pytest.approx(np.mean([e.label == e.prototype_class for e in exemplars]))
+
+
+def test_push_moves_prototypes_onto_exemplars_and_retrains_last_layer(make_model, train_data):
+    model = make_model(per_class=2)
+    pooled = predict(model, train_data, progress=False).pooled
+    exemplars = project_prototypes(model, train_data, pooled)
+    before = model.classifier.weight.detach().clone()
+    push(model, pooled, train_data.labels, exemplars, epochs=5, seed=0)
+    positions = [e.example_index for e in exemplars]
+    assert torch.allclose(model.prototypes.vectors, torch.from_numpy(pooled[positions]))
+    assert not torch.equal(before, model.classifier.weight)
