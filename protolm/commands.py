@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
 from protolm.options import add_options, from_namespace
@@ -13,7 +14,8 @@ DEMO_SENTENCE = "a gripping, beautifully acted film that never loses its nerve"
 
 
 def _print_explanations(model, texts: list[str], pairs: list[str] | None, exemplars, top: int, colour: bool) -> None:
-    from protolm.explain import explain_texts, render
+    from protolm.explain import explain_texts
+    from protolm.rendering import render
 
     for explanation in explain_texts(model, texts, pairs, exemplars, top_prototypes=top):
         print(render(explanation, colour=colour))
@@ -47,13 +49,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    colour = {"auto": sys.stdout.isatty(), "always": True, "never": False}[args.colour]
+    if not Path(args.target).is_dir():
+        from service.commands import explain_remote
+
+        return explain_remote(argparse.Namespace(**vars(args), server=args.target), colour)
     from protolm.model import ProtoLM
     from protolm.projection import load_exemplars
 
-    model = ProtoLM.from_pretrained(args.model_dir)
+    model = ProtoLM.from_pretrained(args.target)
     pairs = [args.pair] if args.pair is not None else None
-    colour = {"auto": sys.stdout.isatty(), "always": True, "never": False}[args.colour]
-    _print_explanations(model, [args.text], pairs, load_exemplars(args.model_dir), args.top_prototypes, colour)
+    _print_explanations(model, [args.text], pairs, load_exemplars(args.target), args.top_prototypes, colour)
     return 0
 
 
@@ -84,10 +90,21 @@ def register(subparsers) -> None:
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(handler=_evaluate)
 
-    explain = subparsers.add_parser("explain", help="explain one prediction of a saved proto-lm model")
-    explain.add_argument("model_dir", help="model directory written by `protolm train`")
+    explain = subparsers.add_parser(
+        "explain",
+        help="explain one prediction, of a model directory or of a running server",
+        description="TARGET is a model directory written by `protolm train` (explained locally with PyTorch) "
+        "or the HOST:PORT of a running `protolm serve`.",
+    )
+    explain.add_argument("target", help="model directory, or HOST:PORT of a running server")
     explain.add_argument("text", help="the text to classify and explain")
     explain.add_argument("--pair", default=None, help="second text, for sentence-pair models")
     explain.add_argument("--top-prototypes", type=int, default=3, help="how many nearest prototypes to show")
     explain.add_argument("--colour", choices=("auto", "always", "never"), default="auto", help="shade words by attention")
+    try:
+        from service.commands import add_client_options
+    except ImportError:  # serving extras not installed: local explanations only
+        pass
+    else:
+        add_client_options(explain, with_server=False)
     explain.set_defaults(handler=_explain)

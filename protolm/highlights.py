@@ -54,3 +54,22 @@ def word_highlights(
             words.append(Highlight(texts[segment][start:end], start, end, float(weight), segment))
             current = (segment, word)
     return words
+
+
+def colour_words(text: str, words: list[Highlight], colour: bool = True) -> str:
+    """The text with each word's background shaded by its weight (or [bracketed] top words)."""
+    if not words:
+        return text
+    strongest = max(w.weight for w in words) or 1.0
+    pieces, cursor = [], 0
+    for word in sorted(words, key=lambda w: w.start):
+        pieces.append(text[cursor : word.start])
+        share = word.weight / strongest
+        if colour:
+            shade = 255 - int(180 * share)
+            pieces.append(f"\x1b[48;2;255;{shade};{shade}m\x1b[30m{word.text}\x1b[0m")
+        else:
+            pieces.append(f"[{word.text}]" if share >= 0.5 else word.text)
+        cursor = word.end
+    pieces.append(text[cursor:])
+    return "".join(pieces)

@@ -19,6 +19,9 @@ class TokenAttention(nn.Module):
         super().__init__()
         self.projection = nn.Linear(hidden_size, hidden_size)
         self.context = nn.Linear(hidden_size, 1, bias=False)
+        # w = 0 makes every score equal: training starts from mean pooling, the pooling
+        # sentence encoders are pretrained for, and learns which tokens matter from there.
+        nn.init.zeros_(self.context.weight)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         scores = self.context(torch.tanh(self.projection(hidden_states))).squeeze(-1)

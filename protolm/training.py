@@ -227,6 +227,7 @@ def train_model(
         label_names=["labels"],
         report_to="none",
         dataloader_num_workers=optim.dataloader_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     callbacks = [EarlyStoppingCallback(optim.early_stopping_patience)] if optim.early_stopping_patience > 0 else []
     spec = ObjectiveSpec(

@@ -67,3 +67,74 @@ def make_model(tiny_encoder_dir):
         return ARCHITECTURES[architecture].from_encoder(config).eval()
 
     return build
+
+
+@pytest.fixture(scope="session")
+def trained_sst2_model(shared_data_dir, tmp_path_factory):
+    """The issue's acceptance run, trained once per test session and shared by the slow tests:
+    proto-lm on 2,000 SST-2 training examples, 1 epoch, packaged MiniLM, default settings.
+
+    Returns (model directory, evaluation report)."""
+    from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
+    from protolm.pipeline import EvalConfig, run_training
+
+    output_dir = tmp_path_factory.mktemp("protolm-sst2")
+    config = TrainConfig(
+        data=DataConfig(task="sst2", data_dir=str(shared_data_dir), max_train_samples=2000),
+        model=ModelOptions(),
+        optim=OptimConfig(output_dir=str(output_dir), epochs=1),
+    )
+    _, directory, report = run_training(config, EvalConfig())
+    return directory, report
+
+
+TINY_POSITIVE = ["good", "great fun", "fine acting", "lovely", "superb work", "a warm and witty film", "beautifully shot"]
+TINY_NEGATIVE = ["bad", "awful mess", "boring plot", "terrible", "weak", "a dull and lifeless film", "badly written"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_encoder_dir, tmp_path_factory) -> Path:
+    """A complete model directory (training.json, exemplars.json) in seconds: proto-lm on the
+    tiny encoder, trained by `run_training` for one epoch on a 60-row CSV with a 30-row
+    validation CSV."""
+    import csv
+
+    from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
+    from protolm.pipeline import EvalConfig, run_training
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    files = {}
+    for split, rows in (("train", 60), ("validation", 30)):
+        files[split] = root / f"{split}.csv"
+        with open(files[split], "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            for i in range(rows):
+                words = TINY_POSITIVE if i % 2 else TINY_NEGATIVE
+                writer.writerow([f"{words[(i // 2) % len(words)]} number {i}", "positive" if i % 2 else "negative"])
+    config = TrainConfig(
+        data=DataConfig(train_file=str(files["train"]), validation_file=str(files["validation"])),
+        model=ModelOptions(encoder=str(tiny_encoder_dir), num_prototypes=6, max_length=32),
+        optim=OptimConfig(output_dir=str(root / "model"), epochs=1, batch_size=16),
+    )
+    _, directory, _ = run_training(config, EvalConfig(faithfulness=False))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_model_dir, tmp_path_factory) -> Path:
+    """`tiny_model_dir` exported with every variant and an exact example index."""
+    from export.config import ExportConfig
+    from export.pipeline import run_export
+
+    return run_export(tiny_model_dir, tmp_path_factory.mktemp("tiny-bundle") / "bundle", ExportConfig(progress=False))
+
+
+@pytest.fixture(scope="session")
+def exported_sst2_bundle(trained_sst2_model, tmp_path_factory) -> Path:
+    """`trained_sst2_model` exported once per session with every variant (a minute on a CPU)."""
+    from export.config import ExportConfig
+    from export.pipeline import run_export
+
+    model_dir, _ = trained_sst2_model
+    return run_export(model_dir, tmp_path_factory.mktemp("protolm-sst2-bundle") / "bundle", ExportConfig(progress=False))

@@ -1,0 +1,220 @@
+"""Dynamic batching: many callers' inputs, one forward pass.
+
+The loop blocks for the first queued input, then waits up to ``max_wait`` for more. It takes
+the queued inputs oldest first (at most a window of a few batches), sorts them by length and
+cuts them into batches bounded by ``max_batch_size`` and a padded-token budget, so inputs
+of similar length share a batch and padding stays small. Each batch runs in a dedicated
+executor thread so the event loop never blocks. Every future gets a result or an exception:
+cancelled inputs and inputs whose deadline passed are dropped before inference, and a
+failing batch fails each of its inputs (none is left waiting). A bounded queue rejects new
+work with :class:`OverloadedError` instead of growing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Sequence, TypeVar
+
+from protolm.errors import NotReadyError, OverloadedError, ProtoLMError
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+WINDOW_BATCHES = 4
+
+
+class DeadlineExceededError(ProtoLMError):
+    """The caller's deadline passed while its input was still queued."""
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    size: int
+    padded_tokens: int
+    seconds: float
+
+
+@dataclass
+class Completed(Generic[Result]):
+    """One input's result with the time it queued and the batch it ran in."""
+
+    value: Result
+    queue_seconds: float
+    batch: BatchStats
+
+
+@dataclass
+class _Pending:
+    item: Any
+    length: int
+    future: asyncio.Future
+    deadline: float | None
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher(Generic[Item, Result]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[Item]], Sequence[Result]],
+        max_batch_size: int,
+        max_batch_tokens: int,
+        max_wait_seconds: float,
+        max_queue_size: int,
+        executor: Executor | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        on_queue_depth: Callable[[int], None] | None = None,
+    ):
+        if max_batch_size < 1 or max_queue_size < 1:
+            raise ValueError("max_batch_size and max_queue_size must be at least 1")
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_seconds = max_wait_seconds
+        self.max_queue_size = max_queue_size
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="protolm-model")
+        self._on_batch = on_batch or (lambda stats: None)
+        self._on_queue_depth = on_queue_depth or (lambda depth: None)
+        self._queue: list[_Pending] = []
+        self._window: list[_Pending] = []  # taken from the queue, being batched and run
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._accepting = False
+        self._running_batches = 0
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and self._running_batches == 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._accepting = True
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="protolm-batcher")
+
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Refuse new work; let queued work finish for up to ``drain_seconds``; fail the rest."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_seconds
+        while not self.idle and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._fail(self._window + self._queue, NotReadyError("the server is shutting down"))
+        self._window, self._queue = [], []
+        self._on_queue_depth(0)
+        if self._owns_executor:
+            self._executor.shutdown(wait=False)
+
+    async def submit(self, items: Sequence[Item], lengths: Sequence[int], deadline: float | None = None) -> list[Completed[Result]]:
+        """Queue a request's inputs and wait for all of them; ``deadline`` is a monotonic time."""
+        if not self._accepting:
+            raise NotReadyError("the server is not accepting requests")
+        if len(self._queue) + len(items) > self.max_queue_size:
+            raise OverloadedError(
+                f"queue full ({len(self._queue)} inputs waiting, limit {self.max_queue_size}); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        pending = [_Pending(item, length, loop.create_future(), deadline) for item, length in zip(items, lengths)]
+        self._queue.extend(pending)
+        self._on_queue_depth(len(self._queue))
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*(p.future for p in pending)))
+        finally:
+            for p in pending:  # a cancelled or failed caller leaves nothing behind to compute
+                if not p.future.done():
+                    p.future.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            oldest = self._queue[0].enqueued
+            full = self.max_batch_size
+            while len(self._queue) < full and (remaining := oldest + self.max_wait_seconds - time.monotonic()) > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            window = self._window = self._queue[: self.max_batch_size * WINDOW_BATCHES]
+            del self._queue[: len(window)]
+            self._on_queue_depth(len(self._queue))
+            try:
+                for batch in self._cut(self._live(window)):
+                    await self._execute(batch)
+            except Exception as exc:  # a bug here must not strand the window's callers
+                log.exception("batcher failed on a window of %d inputs", len(window))
+                self._fail(window, exc)
+
+    def _live(self, pending: list[_Pending]) -> list[_Pending]:
+        now = time.monotonic()
+        live = []
+        for p in pending:
+            if p.future.done():
+                continue  # cancelled by its caller
+            if p.deadline is not None and p.deadline <= now:
+                p.future.set_exception(DeadlineExceededError("deadline passed while the request was queued"))
+                continue
+            live.append(p)
+        return live
+
+    def _cut(self, pending: list[_Pending]) -> list[list[_Pending]]:
+        """Length-sorted batches within the size and padded-token limits."""
+        batches: list[list[_Pending]] = []
+        current: list[_Pending] = []
+        for p in sorted(pending, key=lambda p: p.length):
+            padded = (len(current) + 1) * max(p.length, current[-1].length if current else 0)
+            if current and (len(current) >= self.max_batch_size or padded > self.max_batch_tokens):
+                batches.append(current)
+                current = []
+            current.append(p)
+        if current:
+            batches.append(current)
+        return batches
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        batch = [p for p in batch if not p.future.done()]
+        if not batch:
+            return
+        started = time.monotonic()
+        self._running_batches += 1
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_batch, [p.item for p in batch]
+            )
+            if len(results) != len(batch):
+                raise RuntimeError(f"model returned {len(results)} results for a batch of {len(batch)}")
+        except Exception as exc:  # every caller of the batch must learn of the failure
+            log.exception("batch of %d failed", len(batch))
+            self._fail(batch, exc)
+            return
+        finally:
+            self._running_batches -= 1
+        finished = time.monotonic()
+        stats = BatchStats(len(batch), len(batch) * max(p.length for p in batch), finished - started)
+        self._on_batch(stats)
+        for p, result in zip(batch, results):
+            if not p.future.done():
+                p.future.set_result(Completed(result, started - p.enqueued, stats))
+
+    @staticmethod
+    def _fail(pending: list[_Pending], error: BaseException) -> None:
+        for p in pending:
+            if not p.future.done():
+                p.future.set_exception(error)

@@ -1,0 +1,107 @@
+"""A small Python client for the protolm gRPC service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protolm.highlights import Highlight
+from protolm.rendering import Explanation, PrototypeMatch
+from service.grpc_api import protolm_pb2 as pb
+from service.grpc_api import protolm_pb2_grpc as pb_grpc
+
+
+class ProtoLMClient:
+    """Blocking client. ``target`` is ``host:port``; TLS when ``tls_ca`` is given."""
+
+    def __init__(self, target: str, token: str | None = None, tls_ca: str | None = None, timeout: float = 30.0):
+        if tls_ca:
+            credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+            self.channel = grpc.secure_channel(target, credentials)
+        else:
+            self.channel = grpc.insecure_channel(target)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self.stub = pb_grpc.ProtoLMServiceStub(self.channel)
+        self.admin = pb_grpc.ProtoLMAdminServiceStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def __enter__(self) -> "ProtoLMClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    @staticmethod
+    def _inputs(texts: list[str], text_pairs: list[str] | None) -> list[pb.TextInput]:
+        if text_pairs is None:
+            return [pb.TextInput(text=t) for t in texts]
+        return [pb.TextInput(text=t, text_pair=p) for t, p in zip(texts, text_pairs, strict=True)]
+
+    def classify(self, texts: list[str], text_pairs: list[str] | None = None) -> pb.ClassifyResponse:
+        request = pb.ClassifyRequest(inputs=self._inputs(texts, text_pairs))
+        return self.stub.Classify(request, timeout=self.timeout, metadata=self.metadata)
+
+    def explain(
+        self,
+        texts: list[str],
+        text_pairs: list[str] | None = None,
+        top_prototypes: int = 3,
+        nearest_examples: int = 0,
+        tokens: bool = False,
+    ) -> pb.ExplainResponse:
+        options = pb.ExplainOptions(
+            top_prototypes=top_prototypes,
+            nearest_examples=nearest_examples,
+            granularity=pb.WEIGHT_GRANULARITY_TOKEN if tokens else pb.WEIGHT_GRANULARITY_WORD,
+        )
+        request = pb.ExplainRequest(inputs=self._inputs(texts, text_pairs), options=options)
+        return self.stub.Explain(request, timeout=self.timeout, metadata=self.metadata)
+
+    def model_info(self) -> pb.ModelInfo:
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self.metadata).model
+
+    def reload(self, bundle_dir: str | None = None) -> pb.ModelInfo:
+        request = pb.ReloadRequest(bundle_dir=bundle_dir) if bundle_dir else pb.ReloadRequest()
+        return self.admin.Reload(request, timeout=self.timeout, metadata=self.metadata).model
+
+    def health(self, service: str = "") -> str:
+        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _highlights(spans) -> list[Highlight]:
+    return [Highlight(s.text, s.start, s.end, s.weight, 0 if s.segment != pb.SEGMENT_TEXT_PAIR else 1) for s in spans]
+
+
+class _ExemplarView:
+    def __init__(self, exemplar: pb.Exemplar):
+        self.text = exemplar.text
+        self.text_pair = exemplar.text_pair if exemplar.HasField("text_pair") else None
+        self.words = _highlights(exemplar.words)
+
+
+def to_explanation(text: str, text_pair: str | None, result: pb.Explanation) -> Explanation:
+    """A gRPC explanation as the plain object that :func:`protolm.rendering.render` prints."""
+    classification = result.classification
+    return Explanation(
+        text=text,
+        text_pair=text_pair,
+        label=classification.label,
+        probabilities={p.label: p.probability for p in classification.probabilities},
+        words=_highlights(result.weights),
+        prototypes=[
+            PrototypeMatch(
+                prototype=p.prototype_id,
+                class_name=p.label,
+                similarity=p.similarity,
+                exemplar=_ExemplarView(p.exemplar) if p.HasField("exemplar") else None,
+            )
+            for p in result.prototypes
+        ],
+    )

@@ -1,0 +1,37 @@
+"""The server's configuration: one frozen object, every field a flag and a PROTOLM_* variable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protolm.options import option
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bundle_dir: str = option("", "serving bundle directory written by `protolm export`")
+    host: str = option("[::]", "address to listen on")
+    port: int = option(50051, "gRPC port (0 picks a free one)")
+    metrics_port: int = option(9090, "Prometheus /metrics HTTP port (0 picks a free one; -1 disables)")
+    device: str = option("auto", "auto (GPU when ONNX Runtime has CUDA), cpu or gpu", choices=("auto", "cpu", "gpu"))
+    variant: str | None = option(None, "bundle variant to serve (fp32, optimized, int8, fp16); default: best servable for the device")
+    intra_op_threads: int = option(0, "ONNX Runtime threads inside one operator (0: one per core)")
+    inter_op_threads: int = option(1, "ONNX Runtime threads across operators")
+    max_batch_size: int = option(32, "most inputs in one forward pass")
+    max_batch_tokens: int = option(8192, "most padded tokens (batch size x longest input) in one forward pass")
+    max_wait_ms: float = option(5.0, "longest a first queued input waits for others to fill its batch")
+    max_queue_size: int = option(1024, "queued inputs beyond which requests are rejected with RESOURCE_EXHAUSTED")
+    max_inputs_per_request: int = option(64, "most inputs in one Classify or Explain call")
+    max_text_chars: int = option(10000, "longest text (or text_pair) accepted, in characters; token overflow is truncated instead")
+    max_top_prototypes: int = option(50, "most prototypes one Explain input may ask for")
+    max_nearest_examples: int = option(50, "most nearest training examples one Explain input may ask for")
+    drain_seconds: float = option(20.0, "on SIGTERM, how long in-flight requests may take to finish")
+    tls_cert: str | None = option(None, "PEM server certificate; with --tls-key enables TLS")
+    tls_key: str | None = option(None, "PEM private key of the server certificate")
+    tls_client_ca: str | None = option(None, "PEM CA bundle; when set, clients must present a certificate it signed")
+    auth_token: str | None = option(None, "when set, every call must carry `authorization: Bearer <token>`")
+    reflection: bool = option(True, "enable gRPC server reflection (grpcurl works without the proto)")
+
+    @property
+    def max_wait_seconds(self) -> float:
+        return self.max_wait_ms / 1000.0

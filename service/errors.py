@@ -1,0 +1,34 @@
+"""The one place where the project's exceptions become gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from protolm.errors import (
+    BundleError,
+    ConfigError,
+    InvalidInputError,
+    NotReadyError,
+    OverloadedError,
+    ProtoLMError,
+    UnauthenticatedError,
+)
+from service.batcher import DeadlineExceededError
+
+STATUS_CODES: tuple[tuple[type[ProtoLMError], grpc.StatusCode], ...] = (
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (BundleError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def status_for(error: BaseException) -> grpc.StatusCode:
+    """The status code of an error; anything unexpected is INTERNAL."""
+    for error_type, code in STATUS_CODES:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL

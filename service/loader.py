@@ -1,0 +1,74 @@
+"""Turns a validated bundle into a :class:`ServingModel`: the device's variant in ONNX Runtime,
+the tokenizer, the exemplars and the example index (on the GPU when FAISS has GPUs)."""
+
+from __future__ import annotations
+
+import logging
+
+from protolm.errors import ConfigError
+from service.backend import OnnxBackend, gpu_available
+from service.bundle import Bundle
+from service.config import ServerConfig
+from service.engine import ExampleLookup, ServingModel
+from service.preprocess import InputLimits, Preprocessor
+
+log = logging.getLogger(__name__)
+
+
+def use_gpu(device: str) -> bool:
+    if device == "gpu" and not gpu_available():
+        raise ConfigError("--device gpu, but ONNX Runtime has no CUDA execution provider (install onnxruntime-gpu)")
+    return device == "gpu" or (device == "auto" and gpu_available())
+
+
+def faiss_on_gpu(index):
+    """The index moved to GPU 0 when this FAISS build has GPUs, else unchanged; and its placement."""
+    import faiss
+
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        resources = faiss.StandardGpuResources()
+        gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
+        gpu_index.referenced_resources = resources  # keep the resources alive with the index
+        return gpu_index, "gpu"
+    return index, "cpu"
+
+
+def _numeric_metrics(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def load_serving_model(bundle_dir: str, config: ServerConfig) -> ServingModel:
+    if not bundle_dir:
+        raise ConfigError("no bundle directory: pass BUNDLE_DIR or set PROTOLM_BUNDLE_DIR")
+    bundle = Bundle.load(bundle_dir)
+    gpu = use_gpu(config.device)
+    variant = bundle.choose_variant("gpu" if gpu else "cpu", config.variant)
+    backend = OnnxBackend(
+        str(bundle.file(variant.file)),
+        use_gpu=gpu,
+        uses_token_type_ids=bundle.manifest["architecture"]["uses_token_type_ids"],
+        intra_op_threads=config.intra_op_threads,
+        inter_op_threads=config.inter_op_threads,
+    )
+    info = bundle.indexes["examples"]
+    index, placement = faiss_on_gpu(bundle.example_index())
+    store = bundle.examples()
+    examples = ExampleLookup(index, store.__getitem__, info.metric, f"{info.kind} ({placement}, {info.count} examples)")
+    return ServingModel(
+        name=bundle.name,
+        version=bundle.version,
+        labels=bundle.labels,
+        is_pair=bundle.is_pair,
+        max_length=bundle.max_length,
+        encoder=bundle.manifest["encoder"],
+        variant=variant.name,
+        format_version=bundle.manifest["format_version"],
+        metrics=_numeric_metrics(bundle.manifest.get("metrics", {})),
+        preprocessor=Preprocessor(
+            bundle.tokenizer(), bundle.is_pair, InputLimits(config.max_inputs_per_request, config.max_text_chars)
+        ),
+        backend=backend,
+        prototype_class=bundle.prototype_class,
+        exemplars=bundle.exemplars,
+        examples=examples,
+    )

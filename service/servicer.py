@@ -1,0 +1,139 @@
+"""Thin gRPC servicers: protobuf in, plain objects to the engine, protobuf out.
+
+Errors are not handled here: they propagate to the interceptor in :mod:`service.interceptors`,
+the one place that maps them to status codes.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+from protolm.highlights import Highlight
+from service.engine import Classification, Engine, ExplainOptions, Explanation, Served, ServingModel, deadline_from
+from service.grpc_api import protolm_pb2 as pb
+from service.grpc_api import protolm_pb2_grpc as pb_grpc
+from service.interceptors import current_request_id
+from service.preprocess import TextInput
+
+DEFAULT_TOP_PROTOTYPES = 3
+
+
+def _inputs(request) -> list[TextInput]:
+    return [TextInput(i.text, i.text_pair if i.HasField("text_pair") else None) for i in request.inputs]
+
+
+def _metadata(served: Served) -> pb.ResponseMetadata:
+    return pb.ResponseMetadata(
+        model_name=served.model.name,
+        model_version=served.model.version,
+        queue_seconds=served.timing.queue_seconds,
+        inference_seconds=served.timing.inference_seconds,
+        batch_size=served.timing.batch_size,
+        request_id=current_request_id(),
+    )
+
+
+def _classification(model: ServingModel, c: Classification) -> pb.Classification:
+    return pb.Classification(
+        label=c.label,
+        label_id=c.label_id,
+        probabilities=[
+            pb.ClassProbability(label=name, label_id=i, probability=p) for i, (name, p) in enumerate(zip(model.labels, c.probabilities))
+        ],
+        truncated=c.truncated,
+        num_tokens=c.num_tokens,
+    )
+
+
+def _span(h: Highlight) -> pb.WeightedSpan:
+    segment = pb.SEGMENT_TEXT if h.segment == 0 else pb.SEGMENT_TEXT_PAIR
+    return pb.WeightedSpan(text=h.text, start=h.start, end=h.end, weight=h.weight, segment=segment)
+
+
+def _exemplar(exemplar: dict, labels: list[str]) -> pb.Exemplar:
+    return pb.Exemplar(
+        example_id=int(exemplar["example_id"]),
+        text=exemplar["text"],
+        text_pair=exemplar.get("text_pair"),
+        label=labels[int(exemplar["label"])],
+        words=[_span(Highlight(**w)) for w in exemplar["words"]],
+    )
+
+
+def _explanation(model: ServingModel, e: Explanation) -> pb.Explanation:
+    return pb.Explanation(
+        classification=_classification(model, e.classification),
+        weights=[_span(w) for w in e.weights],
+        prototypes=[
+            pb.PrototypeMatch(
+                prototype_id=p.prototype_id,
+                label=p.label,
+                label_id=p.label_id,
+                similarity=p.similarity,
+                exemplar=_exemplar(p.exemplar, model.labels) if p.exemplar else None,
+            )
+            for p in e.prototypes
+        ],
+        nearest_examples=[
+            pb.NearestExample(
+                example_id=n.example_id, text=n.text, text_pair=n.text_pair, label=n.label, distance=n.distance, split=n.split
+            )
+            for n in e.nearest_examples
+        ],
+    )
+
+
+def model_info(engine: Engine) -> pb.ModelInfo:
+    model = engine.current_model()
+    return pb.ModelInfo(
+        name=model.name,
+        version=model.version,
+        labels=model.labels,
+        task_type=pb.TASK_TYPE_PAIR if model.is_pair else pb.TASK_TYPE_SINGLE,
+        max_length=model.max_length,
+        encoder=model.encoder,
+        num_prototypes=len(model.prototype_class),
+        metrics=model.metrics,
+        execution_provider=model.backend.provider,
+        variant=model.variant,
+        example_index=model.examples.description if model.examples else "",
+        bundle_format_version=model.format_version,
+        max_inputs_per_request=engine.config.max_inputs_per_request,
+        max_text_chars=engine.config.max_text_chars,
+    )
+
+
+class ProtoLMServicer(pb_grpc.ProtoLMServiceServicer):
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    async def Classify(self, request, context):
+        served = await self.engine.classify(_inputs(request), deadline_from(context.time_remaining()))
+        return pb.ClassifyResponse(
+            results=[_classification(served.model, c) for c in served.results], metadata=_metadata(served)
+        )
+
+    async def Explain(self, request, context):
+        options = request.options
+        explain_options = ExplainOptions(
+            top_prototypes=options.top_prototypes if options.HasField("top_prototypes") else DEFAULT_TOP_PROTOTYPES,
+            nearest_examples=options.nearest_examples if options.HasField("nearest_examples") else 0,
+            words=options.granularity != pb.WEIGHT_GRANULARITY_TOKEN,
+        )
+        served = await self.engine.explain(_inputs(request), explain_options, deadline_from(context.time_remaining()))
+        return pb.ExplainResponse(
+            results=[_explanation(served.model, e) for e in served.results], metadata=_metadata(served)
+        )
+
+    async def GetModelInfo(self, request, context):
+        return pb.GetModelInfoResponse(model=model_info(self.engine))
+
+
+class ProtoLMAdminServicer(pb_grpc.ProtoLMAdminServiceServicer):
+    def __init__(self, engine: Engine, reload: Callable[[str | None], Awaitable[None]]):
+        self.engine = engine
+        self.reload = reload
+
+    async def Reload(self, request, context):
+        await self.reload(request.bundle_dir if request.HasField("bundle_dir") else None)
+        return pb.ReloadResponse(model=model_info(self.engine))

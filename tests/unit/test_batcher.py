@@ -1,0 +1,163 @@
+import asyncio
+import threading
+import time
+
+import pytest
+
+from protolm.errors import NotReadyError, OverloadedError
+from service.batcher import DeadlineExceededError, DynamicBatcher
+
+
+class Recorder:
+    """run_batch that doubles its items and records each batch (optionally slowly or failing)."""
+
+    def __init__(self, delay=0.0, fail_if=lambda items: False):
+        self.batches: list[list[int]] = []
+        self.delay = delay
+        self.fail_if = fail_if
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, items):
+        self.release.wait(5)
+        self.batches.append(list(items))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_if(items):
+            raise RuntimeError("boom")
+        return [item * 2 for item in items]
+
+
+def make(recorder, **kwargs):
+    options = dict(max_batch_size=4, max_batch_tokens=10_000, max_wait_seconds=0.05, max_queue_size=100)
+    options.update(kwargs)
+    batcher = DynamicBatcher(recorder, **options)
+    batcher.start()
+    return batcher
+
+
+async def one(batcher, item, length=1, deadline=None):
+    (completed,) = await batcher.submit([item], [length], deadline)
+    return completed
+
+
+async def test_results_go_back_to_their_callers_in_batches_up_to_max_size():
+    recorder = Recorder()
+    batcher = make(recorder)
+    results = await asyncio.gather(*(one(batcher, i) for i in range(10)))
+    assert [r.value for r in results] == [i * 2 for i in range(10)]
+    assert max(len(b) for b in recorder.batches) == 4
+    assert sorted(sum(recorder.batches, [])) == list(range(10))
+    assert all(r.batch.size == len(b) for r in results for b in recorder.batches if r.value // 2 in b)
+    await batcher.stop()
+
+
+async def test_waits_at_most_max_wait_for_a_partial_batch():
+    batcher = make(Recorder(), max_wait_seconds=0.1)
+    started = time.monotonic()
+    result = await one(batcher, 1)
+    elapsed = time.monotonic() - started
+    assert 0.09 <= elapsed < 1.0
+    assert result.queue_seconds >= 0.09
+    await batcher.stop()
+
+
+async def test_full_batch_does_not_wait():
+    recorder = Recorder()
+    batcher = make(recorder, max_wait_seconds=5.0)
+    started = time.monotonic()
+    await batcher.submit([1, 2, 3, 4], [1, 1, 1, 1])
+    assert time.monotonic() - started < 1.0
+    await batcher.stop()
+
+
+async def test_a_failing_batch_fails_each_of_its_requests_and_others_still_succeed():
+    recorder = Recorder(fail_if=lambda items: 13 in items)
+    batcher = make(recorder, max_batch_size=2)
+    outcomes = await asyncio.gather(*(one(batcher, i, length=i) for i in (13, 12, 1, 2)), return_exceptions=True)
+    # lengths sort the window into [1, 2] and [12, 13]: the second batch fails
+    assert isinstance(outcomes[0], RuntimeError) and isinstance(outcomes[1], RuntimeError)
+    assert [o.value for o in outcomes[2:]] == [2, 4]
+    assert (await one(batcher, 5)).value == 10  # the batcher keeps serving
+    await batcher.stop()
+
+
+async def test_wrong_result_count_fails_the_batch():
+    batcher = make(lambda items: [0])
+    with pytest.raises(RuntimeError, match="1 results for a batch of 2"):
+        await batcher.submit([1, 2], [1, 1])
+    await batcher.stop()
+
+
+async def test_cancelled_and_expired_requests_are_skipped_before_inference():
+    recorder = Recorder()
+    recorder.release.clear()  # hold the model thread so the next window queues up
+    batcher = make(recorder, max_batch_size=1, max_wait_seconds=0.0)
+    blocker = asyncio.create_task(one(batcher, 100))
+    await asyncio.sleep(0.05)
+    cancelled = asyncio.create_task(one(batcher, 1))
+    expired = asyncio.create_task(one(batcher, 2, deadline=time.monotonic() + 0.01))
+    kept = asyncio.create_task(one(batcher, 3))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    await asyncio.sleep(0.05)
+    recorder.release.set()
+    assert (await blocker).value == 200
+    assert (await kept).value == 6
+    with pytest.raises(DeadlineExceededError):
+        await expired
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert [1] not in recorder.batches and [2] not in recorder.batches
+    await batcher.stop()
+
+
+async def test_full_queue_rejects_at_once():
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = make(recorder, max_batch_size=1, max_queue_size=3, max_wait_seconds=0.0)
+    first = asyncio.create_task(one(batcher, 0))
+    await asyncio.sleep(0.05)  # taken by the loop, now blocked in the model
+    queued = [asyncio.create_task(one(batcher, i)) for i in (1, 2, 3)]
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(OverloadedError, match="queue full"):
+        await batcher.submit([9], [1])
+    assert time.monotonic() - started < 0.1
+    recorder.release.set()
+    assert [(await t).value for t in [first, *queued]] == [0, 2, 4, 6]
+    await batcher.stop()
+
+
+async def test_batches_group_similar_lengths_within_the_token_budget():
+    recorder = Recorder()
+    batcher = make(recorder, max_batch_size=8, max_batch_tokens=40, max_wait_seconds=0.05)
+    lengths = [30, 2, 29, 3, 4, 28, 1, 5]
+    await asyncio.gather(*(one(batcher, length, length) for length in lengths))
+    for batch in recorder.batches:
+        assert len(batch) * max(batch) <= 40 or len(batch) == 1
+    assert sorted(map(sorted, recorder.batches)) == [[1, 2, 3, 4, 5], [28], [29], [30]]
+    await batcher.stop()
+
+
+async def test_stop_drains_queued_work_then_refuses_new_work():
+    batcher = make(Recorder(delay=0.05), max_batch_size=1, max_wait_seconds=0.0)
+    tasks = [asyncio.create_task(one(batcher, i)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    await batcher.stop(drain_seconds=5.0)
+    assert [(await t).value for t in tasks] == [0, 2, 4]
+    with pytest.raises(NotReadyError):
+        await one(batcher, 1)
+
+
+async def test_stop_without_drain_fails_what_is_left():
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = make(recorder, max_batch_size=1, max_wait_seconds=0.0)
+    tasks = [asyncio.create_task(one(batcher, i)) for i in range(3)]
+    await asyncio.sleep(0.05)
+    await batcher.stop(drain_seconds=0.0)
+    recorder.release.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert any(isinstance(o, NotReadyError) for o in outcomes)
+    assert all(isinstance(o, NotReadyError) or o.value == 0 for o in outcomes)

@@ -1,0 +1,285 @@
+"""The gRPC server end to end on a loopback port, with the deterministic fake backend."""
+
+import asyncio
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protolm.errors import BundleError
+from service.backend import FakeBackend
+from service.grpc_api import protolm_pb2 as pb
+from service.grpc_api import protolm_pb2_grpc as pb_grpc
+from tests.service_helpers import fake_model, running_server, server_config
+
+
+def stubs(port):
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return channel, pb_grpc.ProtoLMServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+
+
+def classify_request(*texts):
+    return pb.ClassifyRequest(inputs=[pb.TextInput(text=t) for t in texts])
+
+
+async def test_classify_and_explain_answer_each_input_with_metadata():
+    config = server_config()
+    async with running_server(config, lambda path, cfg: fake_model(cfg)) as server:
+        channel, api, _ = stubs(server.port)
+        texts = ["a good film", "a bad film that goes on and on", "fine"]
+        response = await api.Classify(classify_request(*texts), metadata=(("x-request-id", "req-1"),))
+        assert len(response.results) == 3
+        for result in response.results:
+            assert result.label in ("negative", "positive")
+            assert [p.label for p in result.probabilities] == ["negative", "positive"]
+            assert sum(p.probability for p in result.probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert response.metadata.model_name == "fake" and response.metadata.request_id == "req-1"
+        assert response.metadata.inference_seconds > 0 and response.metadata.batch_size >= 1
+
+        explained = await api.Explain(pb.ExplainRequest(inputs=[pb.TextInput(text=t) for t in texts], options=pb.ExplainOptions(top_prototypes=2)))
+        for text, result, classified in zip(texts, explained.results, response.results):
+            assert result.classification.label == classified.label  # same model, same input, same answer
+            assert [w.text for w in result.weights] == text.split()
+            for w in result.weights:
+                assert text[w.start : w.end] == w.text
+            assert len(result.prototypes) == 2
+            assert result.prototypes[0].similarity >= result.prototypes[1].similarity
+            assert result.prototypes[0].exemplar.text.startswith("exemplar")
+        tokens = await api.Explain(pb.ExplainRequest(inputs=[pb.TextInput(text="unbelievably")], options=pb.ExplainOptions(granularity=pb.WEIGHT_GRANULARITY_TOKEN)))
+        assert len(tokens.results[0].weights) > 1  # word pieces, not the merged word
+        info = (await api.GetModelInfo(pb.GetModelInfoRequest())).model
+        assert info.labels == ["negative", "positive"] and info.execution_provider == "fake"
+        assert info.task_type == pb.TASK_TYPE_SINGLE
+        await channel.close()
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (pb.ClassifyRequest(), "inputs is empty"),
+        (classify_request(""), "inputs[0].text is empty"),
+        (classify_request("ok", "   "), "inputs[1].text is empty"),
+        (classify_request(*["x"] * 5), "5 inputs in one call; the limit is 4"),
+        (classify_request("y" * 101), "100"),
+        (pb.ClassifyRequest(inputs=[pb.TextInput(text="a", text_pair="b")]), "single texts"),
+    ],
+)
+async def test_bad_input_gets_invalid_argument_and_the_server_keeps_serving(request_, message):
+    config = server_config(max_inputs_per_request=4, max_text_chars=100)
+    async with running_server(config, lambda path, cfg: fake_model(cfg)) as server:
+        channel, api, _ = stubs(server.port)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await api.Classify(request_)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in error.value.details()
+        assert len((await api.Classify(classify_request("still here"))).results) == 1
+        await channel.close()
+
+
+async def test_explain_limits_are_checked():
+    async with running_server(server_config(max_top_prototypes=3), lambda path, cfg: fake_model(cfg)) as server:
+        channel, api, _ = stubs(server.port)
+        for options, message in ((pb.ExplainOptions(top_prototypes=9), "top_prototypes is 9"), (pb.ExplainOptions(nearest_examples=2), "no training-example index")):
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await api.Explain(pb.ExplainRequest(inputs=[pb.TextInput(text="x")], options=options))
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in error.value.details()
+        await channel.close()
+
+
+async def test_pair_model_requires_pairs():
+    async with running_server(server_config(), lambda path, cfg: fake_model(cfg, is_pair=True)) as server:
+        channel, api, _ = stubs(server.port)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await api.Classify(classify_request("only one"))
+        assert "set text_pair" in error.value.details()
+        ok = await api.Classify(pb.ClassifyRequest(inputs=[pb.TextInput(text="a man sleeps", text_pair="a person rests")]))
+        assert len(ok.results) == 1
+        await channel.close()
+
+
+async def test_health_goes_not_serving_serving_not_serving():
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    config = server_config()
+
+    def slow_load(path, cfg):
+        asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(10)
+        return fake_model(cfg)
+
+    from service.server import ProtoLMServer
+
+    server = ProtoLMServer(config, load_model=slow_load)
+    starting = asyncio.create_task(server.start())
+    for _ in range(100):
+        if server.port:
+            break
+        await asyncio.sleep(0.02)
+    channel, api, health = stubs(server.port)
+    await asyncio.sleep(0.1)
+    assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await api.Classify(classify_request("too early"))
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    gate.set()
+    await starting
+    assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+    assert (await health.Check(health_pb2.HealthCheckRequest(service="protolm.v1.ProtoLMService"))).status == health_pb2.HealthCheckResponse.SERVING
+    watch = health.Watch(health_pb2.HealthCheckRequest())
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    stopping = asyncio.create_task(server.stop(grace=1.0))
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    await stopping
+    await channel.close()
+
+
+async def test_metrics_endpoint_shows_request_duration_and_batch_series():
+    async with running_server(server_config(), lambda path, cfg: fake_model(cfg)) as server:
+        channel, api, _ = stubs(server.port)
+        await api.Classify(classify_request("a", "b"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await api.Classify(pb.ClassifyRequest())
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode())
+        assert 'protolm_requests_total{code="OK",method="Classify"} 1.0' in body
+        assert 'protolm_requests_total{code="INVALID_ARGUMENT",method="Classify"} 1.0' in body
+        for series in ("protolm_request_duration_seconds_bucket", "protolm_queue_duration_seconds_count", "protolm_inference_duration_seconds_sum",
+                       "protolm_batch_size_bucket", "protolm_batch_tokens_bucket", "protolm_queue_depth", "protolm_inputs_total"):
+            assert series in body, series
+        assert 'protolm_model_info{name="fake",provider="fake",variant="fp32",version="1"} 1.0' in body
+        await channel.close()
+
+
+async def test_a_failing_batch_is_internal_with_a_generic_message_and_the_next_call_works():
+    backend = FakeBackend(fail_when=lambda batch: any("explode" in e.input.text for e in batch))
+    async with running_server(server_config(max_wait_ms=0.0), lambda path, cfg: fake_model(cfg, backend)) as server:
+        channel, api, _ = stubs(server.port)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await api.Classify(classify_request("explode"), metadata=(("x-request-id", "boom-1"),))
+        assert error.value.code() == grpc.StatusCode.INTERNAL
+        assert error.value.details() == "internal error (request id boom-1)"
+        assert len((await api.Classify(classify_request("calm"))).results) == 1
+        await channel.close()
+
+
+async def test_overload_is_rejected_quickly_with_resource_exhausted():
+    backend = FakeBackend(delay_seconds=0.2)
+    config = server_config(max_batch_size=1, max_queue_size=2, max_wait_ms=0.0)
+    async with running_server(config, lambda path, cfg: fake_model(cfg, backend)) as server:
+        channel, api, _ = stubs(server.port)
+        calls = [asyncio.ensure_future(api.Classify(classify_request(f"text {i}"))) for i in range(8)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        rejected = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        assert rejected and all(o.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for o in rejected)
+        assert any(isinstance(o, pb.ClassifyResponse) for o in outcomes)
+        started = time.monotonic()
+        busy = [asyncio.ensure_future(api.Classify(classify_request(f"again {i}"))) for i in range(3)]
+        await asyncio.sleep(0.02)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await api.Classify(classify_request("one too many"))
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - started < 0.2  # rejected before the slow model finishes anything
+        await asyncio.gather(*busy, return_exceptions=True)
+        await channel.close()
+
+
+async def test_deadline_exceeded_while_queued():
+    backend = FakeBackend(delay_seconds=0.3)
+    config = server_config(max_batch_size=1, max_wait_ms=0.0)
+    async with running_server(config, lambda path, cfg: fake_model(cfg, backend)) as server:
+        channel, api, _ = stubs(server.port)
+        first = asyncio.ensure_future(api.Classify(classify_request("first")))
+        await asyncio.sleep(0.05)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await api.Classify(classify_request("second"), timeout=0.1)
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await first
+        await asyncio.sleep(0.4)
+        assert backend.batches == [1]  # the expired request never reached the model
+        await channel.close()
+
+
+async def test_stop_lets_in_flight_requests_finish_and_refuses_new_ones():
+    backend = FakeBackend(delay_seconds=0.3)
+    config = server_config(max_wait_ms=0.0)
+    from service.server import ProtoLMServer
+
+    server = ProtoLMServer(config, load_model=lambda path, cfg: fake_model(cfg, backend))
+    await server.start()
+    channel, api, _ = stubs(server.port)
+    in_flight = [asyncio.ensure_future(api.Classify(classify_request(f"in flight {i}"))) for i in range(3)]
+    await asyncio.sleep(0.05)
+    await server.stop(grace=5.0)
+    results = await asyncio.gather(*in_flight)
+    assert all(len(r.results) == 1 for r in results)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await api.Classify(classify_request("after"), timeout=1.0)
+    assert error.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    await channel.close()
+
+
+async def test_reload_swaps_models_without_failing_requests_and_a_bad_bundle_keeps_the_old():
+    loads = {"count": 0}
+
+    def load(path, cfg):
+        if path == "broken":
+            raise BundleError("model.onnx: sha256 mismatch")
+        loads["count"] += 1
+        return fake_model(cfg, FakeBackend(delay_seconds=0.01), name=f"model-{loads['count']}")
+
+    async with running_server(server_config(), load) as server:
+        channel, api, _ = stubs(server.port)
+        admin = pb_grpc.ProtoLMAdminServiceStub(channel)
+        stop = asyncio.Event()
+        seen, failures = set(), []
+
+        async def traffic():
+            while not stop.is_set():
+                try:
+                    seen.add((await api.Classify(classify_request("steady traffic"))).metadata.model_name)
+                except grpc.aio.AioRpcError as exc:
+                    failures.append(exc)
+
+        workers = [asyncio.create_task(traffic()) for _ in range(4)]
+        await asyncio.sleep(0.2)
+        reloaded = await admin.Reload(pb.ReloadRequest())
+        assert reloaded.model.name == "model-2"
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await admin.Reload(pb.ReloadRequest(bundle_dir="broken"))
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "sha256" in error.value.details()
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.gather(*workers)
+        assert not failures
+        assert seen == {"model-1", "model-2"}
+        assert (await api.GetModelInfo(pb.GetModelInfoRequest())).model.name == "model-2"
+        await channel.close()
+
+
+async def test_bearer_token():
+    async with running_server(server_config(auth_token="s3cret"), lambda path, cfg: fake_model(cfg)) as server:
+        channel, api, health = stubs(server.port)
+        for metadata in ((), (("authorization", "Bearer wrong"),)):
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await api.Classify(classify_request("x"), metadata=metadata)
+            assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        ok = await api.Classify(classify_request("x"), metadata=(("authorization", "Bearer s3cret"),))
+        assert len(ok.results) == 1
+        # probes need no token
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+        await channel.close()
+
+
+async def test_reflection_lists_the_services():
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with running_server(server_config(), lambda path, cfg: fake_model(cfg)) as server:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = stub.ServerReflectionInfo()
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        response = await call.read()
+        names = {s.name for s in response.list_services_response.service}
+        assert {"protolm.v1.ProtoLMService", "protolm.v1.ProtoLMAdminService", "grpc.health.v1.Health"} <= names
+        await call.done_writing()
+        await channel.close()
