@@ -42,9 +42,9 @@ class ModelOptions:
 class OptimConfig:
     output_dir: str | None = option(None, "where the model directory goes; default runs/<architecture>-<task>")
     epochs: float = option(3.0, "training epochs")
-    batch_size: int = option(32, "training batch size per device")
+    batch_size: int = option(16, "training batch size per device")
     eval_batch_size: int = option(128, "evaluation batch size per device")
-    learning_rate: float = option(2e-5, "learning rate of the encoder")
+    learning_rate: float = option(5e-5, "learning rate of the encoder")
     head_learning_rate: float = option(1e-3, "learning rate of the layers on top: attention, prototypes, classifier")
     weight_decay: float = option(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
     warmup_ratio: float = option(0.06, "share of steps with a linear learning-rate warm-up")
