@@ -2,33 +2,43 @@
 
 Each package contributes its subcommands through a ``commands`` module with a
 ``register(subparsers)`` function; the heavy imports happen only inside the handler that
-runs, so ``protolm --help`` is fast and ``protolm serve`` never imports torch.
+runs, so ``protolm --help`` is fast and ``protolm serve`` never imports torch. A serving
+install (``protolm[serve]``, no torch) gets only the serving commands.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 
 from protolm.errors import ProtoLMError
 
-COMMAND_MODULES = ("protolm.commands", "export.commands", "service.commands")
+# Each command module with the distributions it needs; a module whose needs are not installed
+# (torch in a serving image, say) is left out of the CLI instead of breaking it.
+COMMAND_MODULES = (
+    ("protolm.commands", ("torch", "transformers")),
+    ("export.commands", ("torch", "transformers", "onnx")),
+    ("service.commands", ("grpc", "onnxruntime", "tokenizers")),
+)
+
+
+def _installed(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ImportError:
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protolm", description="Interpretable text classification with prototypes.")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ERROR)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(subparsers)
+    for module_name, needs in COMMAND_MODULES:
+        if all(_installed(name) for name in needs):
+            importlib.import_module(module_name).register(subparsers)
     return parser
 
 

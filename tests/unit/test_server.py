@@ -283,3 +283,55 @@ async def test_reflection_lists_the_services():
         assert {"protolm.v1.ProtoLMService", "protolm.v1.ProtoLMAdminService", "grpc.health.v1.Health"} <= names
         await call.done_writing()
         await channel.close()
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    """A CA, and a server and a client certificate it signed (openssl, 1-day validity)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    directory = tmp_path_factory.mktemp("tls")
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=protolm-test-ca", "-keyout", "ca.key", "-out", "ca.pem")
+    (directory / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", "san.cnf", "-out", f"{name}.pem")
+    return directory
+
+
+async def test_tls_with_client_certificates(certificates):
+    config = server_config(
+        tls_cert=str(certificates / "server.pem"), tls_key=str(certificates / "server.key"), tls_client_ca=str(certificates / "ca.pem")
+    )
+    async with running_server(config, lambda path, cfg: fake_model(cfg)) as server:
+        ca = (certificates / "ca.pem").read_bytes()
+        with_client_cert = grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=(certificates / "client.key").read_bytes(), certificate_chain=(certificates / "client.pem").read_bytes()
+        )
+        channel = grpc.aio.secure_channel(f"127.0.0.1:{server.port}", with_client_cert)
+        response = await pb_grpc.ProtoLMServiceStub(channel).Classify(classify_request("over tls"))
+        assert len(response.results) == 1
+        await channel.close()
+        without = grpc.aio.secure_channel(f"127.0.0.1:{server.port}", grpc.ssl_channel_credentials(root_certificates=ca))
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await pb_grpc.ProtoLMServiceStub(without).Classify(classify_request("no client cert"), timeout=5)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        await without.close()
+
+
+def test_tls_needs_both_certificate_and_key():
+    from protolm.errors import ConfigError
+    from service.server import server_credentials
+
+    with pytest.raises(ConfigError, match="both"):
+        server_credentials(server_config(tls_cert="server.pem"))
+    with pytest.raises(ConfigError, match="tls-client-ca"):
+        server_credentials(server_config(tls_client_ca="ca.pem"))
+    assert server_credentials(server_config()) is None
