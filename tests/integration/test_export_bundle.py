@@ -1,0 +1,179 @@
+"""`protolm export` end to end on a tiny trained model, and `Bundle.load` / `protolm bundle verify` on what it wrote."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from protolm.cli import main
+from protolm.errors import BundleError, ConfigError
+from protolm.model import load_model
+from protolm.projection import load_exemplars
+from protolm.training import TRAINING_FILE
+from service.bundle import (
+    EXAMPLE_INDEX_FILE,
+    EXAMPLE_OFFSETS_FILE,
+    EXAMPLES_FILE,
+    EXEMPLARS_FILE,
+    MANIFEST_FILE,
+    PROTOTYPE_INDEX_FILE,
+    TOKENIZER_FILE,
+    VARIANT_FILES,
+    Bundle,
+    manifest_bytes,
+    parse_manifest,
+)
+
+BUNDLE_FILES = [TOKENIZER_FILE, *VARIANT_FILES.values(), PROTOTYPE_INDEX_FILE, EXAMPLE_INDEX_FILE, EXAMPLES_FILE, EXAMPLE_OFFSETS_FILE, EXEMPLARS_FILE]
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    return shutil.copytree(tiny_bundle, tmp_path / "bundle")
+
+
+def flip_byte(path, position=None):
+    data = bytearray(path.read_bytes())
+    position = len(data) // 2 if position is None else position
+    data[position] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def reseal(directory, change):
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    change(manifest)
+    (directory / MANIFEST_FILE).write_bytes(manifest_bytes(manifest))
+
+
+def test_manifest_describes_the_bundle(tiny_bundle, tiny_model_dir):
+    manifest = Bundle.load(tiny_bundle).manifest
+    training = json.loads((tiny_model_dir / TRAINING_FILE).read_text())
+    assert manifest["format_version"] == 1
+    assert manifest["labels"] == ["negative", "positive"] and manifest["task_type"] == "single"
+    assert manifest["max_length"] == 32 and manifest["architecture"]["num_prototypes"] == 6
+    assert manifest["training_data"] == training["train"]
+    assert manifest["metrics"]["accuracy"] == training["evaluation"]["accuracy"]
+    assert manifest["hyperparameters"]["learning_rate"] == training["config"]["optim"]["learning_rate"]
+    assert sorted(manifest["files"]) == sorted(BUNDLE_FILES)
+    for name, entry in manifest["files"].items():
+        assert entry["size"] == (tiny_bundle / name).stat().st_size
+    assert {"torch", "transformers", "onnx", "onnxruntime", "faiss"} <= {k for k, v in manifest["versions"].items() if v}
+    assert [v["name"] for v in manifest["variants"]] == ["fp32", "optimized", "int8", "fp16"]
+    for variant in manifest["variants"]:
+        assert 0.0 <= variant["accuracy"] <= 1.0 and variant["servable"] == (variant["agreement"] >= 0.99)
+    assert manifest["indexes"]["examples"] == {"file": EXAMPLE_INDEX_FILE, "kind": "flat", "metric": "l2", "count": 60, "recall_at_10": 1.0}
+
+
+def test_bundle_parts_match_the_model(tiny_bundle, tiny_model_dir):
+    bundle = Bundle.load(tiny_bundle)
+    model = load_model(tiny_model_dir)
+    texts = ["great fun number 3", "a dull and lifeless film, badly written and far too long for its own good"]
+    feeds = bundle.encode(texts)
+    session = bundle.session(bundle.choose_variant("cpu", preferred="fp32"))
+    logits, similarities, pooled = session.run(["logits", "prototype_similarities", "pooled"], feeds)
+    with torch.no_grad():
+        expected = model(**model.tokenize(texts))
+    np.testing.assert_allclose(logits, expected.logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(similarities, expected.similarities.numpy(), atol=1e-4)
+
+    vectors = model.prototypes.vectors.detach().numpy()
+    _, nearest = bundle.prototype_index().search(vectors, 1)
+    assert nearest[:, 0].tolist() == list(range(len(vectors)))
+
+    store = bundle.examples()
+    row = store[7]
+    assert row["text"] == "lovely number 7" and bundle.labels[row["label"]] == "positive" and row["split"] == "train.csv"
+    example_feeds = bundle.encode([row["text"]])
+    distances, ids = bundle.example_index().search(session.run(["pooled"], example_feeds)[0], 1)
+    assert ids[0, 0] == 7 and distances[0, 0] < 1e-6
+
+    exemplars = load_exemplars(tiny_model_dir)
+    assert [e["example_id"] for e in bundle.exemplars] == [e.example_index for e in exemplars]
+    assert [store[e["example_id"]]["text"] for e in bundle.exemplars] == [e.text for e in exemplars]
+    assert bundle.exemplars[0]["words"][0].keys() == {"text", "start", "end", "weight", "segment"}
+
+
+def test_choose_variant_follows_device_preference(bundle_copy):
+    bundle = Bundle.load(bundle_copy)
+    assert bundle.choose_variant("cpu").name == "int8"
+    assert bundle.choose_variant("gpu").name == "fp16"
+    assert bundle.choose_variant("gpu", preferred="optimized").name == "optimized"
+    with pytest.raises(ConfigError, match="built for the gpu"):
+        bundle.choose_variant("cpu", preferred="fp16")
+    with pytest.raises(ConfigError, match="not in this bundle"):
+        bundle.choose_variant("cpu", preferred="int4")
+
+    def refuse_int8(manifest):
+        manifest["variants"][2].update(agreement=0.95, servable=False)
+
+    reseal(bundle_copy, refuse_int8)
+    bundle = Bundle.load(bundle_copy)
+    assert bundle.choose_variant("cpu").name == "optimized"
+    with pytest.raises(ConfigError, match="not servable"):
+        bundle.choose_variant("cpu", preferred="int8")
+
+
+@pytest.mark.parametrize("name", BUNDLE_FILES)
+def test_one_flipped_byte_is_rejected_naming_the_file(bundle_copy, name, capsys):
+    flip_byte(bundle_copy / name)
+    with pytest.raises(BundleError, match=f"^{name}: sha256 mismatch"):
+        Bundle.load(bundle_copy)
+    assert main(["bundle", "verify", str(bundle_copy)]) == 2
+    assert f"error: {name}: sha256 mismatch" in capsys.readouterr().err
+
+
+def test_any_changed_byte_of_the_manifest_is_rejected(bundle_copy):
+    path = bundle_copy / MANIFEST_FILE
+    original = path.read_bytes()
+    assert parse_manifest(original) == Bundle.load(bundle_copy).manifest
+    for position in range(len(original)):
+        for mask in (0x01, 0x20, 0xFF):  # 0x20 turns "e" into "E": the same JSON value, other bytes
+            changed = bytearray(original)
+            changed[position] ^= mask
+            with pytest.raises(BundleError, match=f"^{MANIFEST_FILE}: "):
+                parse_manifest(bytes(changed))
+    flip_byte(path)
+    with pytest.raises(BundleError, match=f"^{MANIFEST_FILE}: "):
+        Bundle.load(bundle_copy, verify_checksums=False)
+
+
+def test_missing_unlisted_and_unknown_version_are_rejected(bundle_copy):
+    (bundle_copy / EXAMPLE_INDEX_FILE).unlink()
+    with pytest.raises(BundleError, match=f"^{EXAMPLE_INDEX_FILE}: missing"):
+        Bundle.load(bundle_copy)
+    reseal(bundle_copy, lambda m: m["files"].pop(EXAMPLE_INDEX_FILE))
+    with pytest.raises(BundleError, match=f"^{EXAMPLE_INDEX_FILE}: referred to by the manifest but not listed"):
+        Bundle.load(bundle_copy)
+    reseal(bundle_copy, lambda m: m.update(format_version=2))
+    with pytest.raises(BundleError, match="bundle format version 2"):
+        Bundle.load(bundle_copy)
+    reseal(bundle_copy, lambda m: (m.update(format_version=1), m.pop("labels")))
+    with pytest.raises(BundleError, match="missing key 'labels'"):
+        Bundle.load(bundle_copy)
+    (bundle_copy / MANIFEST_FILE).unlink()
+    with pytest.raises(BundleError, match=f"^{MANIFEST_FILE}: missing"):
+        Bundle.load(bundle_copy)
+
+
+def test_verify_command_reports_every_check(tiny_bundle, capsys):
+    assert main(["bundle", "verify", str(tiny_bundle)]) == 0
+    out = capsys.readouterr().out
+    for name in BUNDLE_FILES:
+        assert name in out
+    assert out.rstrip().endswith(")") and ": ok (" in out
+
+
+def test_export_command_builds_an_hnsw_fp32_only_bundle_and_refuses_to_overwrite(tiny_model_dir, tmp_path, capsys):
+    target = tmp_path / "bundle"
+    args = ["export", str(tiny_model_dir), str(target), "--variants", "", "--example-index", "hnsw", "--progress", "false", "--model-version", "v1"]
+    assert main(args) == 0
+    bundle = Bundle.load(target)
+    assert [v.name for v in bundle.variants] == ["fp32"] and bundle.version == "v1"
+    assert bundle.indexes["examples"].kind == "hnsw" and bundle.indexes["examples"].recall_at_10 > 0.9
+    assert "recall@10" in capsys.readouterr().out
+    assert main(args) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging directory left behind

@@ -1,0 +1,75 @@
+"""The real model (MiniLM, trained once per session) exported: parity with PyTorch and agreement on SST-2."""
+
+import numpy as np
+import pytest
+
+from protolm.data import DataSource, load_split
+from protolm.inference import predict
+from protolm.model import load_model
+from service.bundle import VARIANT_FILES, Bundle
+from tests.parity import assert_parity
+
+pytestmark = pytest.mark.slow
+SENTENCES = 500
+
+
+@pytest.fixture(scope="module")
+def model(trained_sst2_model):
+    return load_model(trained_sst2_model[0])
+
+
+@pytest.fixture(scope="module")
+def bundle(exported_sst2_bundle):
+    return Bundle.load(exported_sst2_bundle)
+
+
+@pytest.fixture(scope="module")
+def validation(shared_data_dir, model):
+    data = load_split(DataSource(task="sst2", data_dir=str(shared_data_dir)), "validation", label_names=model.config.label_names)
+    return data.subset(np.arange(SENTENCES))
+
+
+def served_labels(bundle, name, data, batch_size=64):
+    session = bundle.session(next(v for v in bundle.variants if v.name == name))
+    labels = []
+    for start in range(0, len(data), batch_size):
+        feeds = bundle.encode(data.texts[start : start + batch_size])
+        labels.append(session.run(["logits"], feeds)[0].argmax(1))
+    return np.concatenate(labels)
+
+
+def test_fp32_graph_matches_pytorch_at_three_shapes(model, bundle):
+    assert_parity(model, bundle.file(VARIANT_FILES["fp32"]))
+
+
+@pytest.fixture(scope="module")
+def reference(model, validation):
+    return predict(model, validation, progress=False).labels
+
+
+@pytest.mark.parametrize("variant", ["fp32", "optimized"])
+def test_fp32_variants_agree_on_500_sst2_sentences(bundle, validation, reference, variant):
+    assert (served_labels(bundle, variant, validation) == reference).all()
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="on this 1-epoch, 2,000-example model int8 agrees on about 98.8%: its logits are small differences "
+    "of large prototype sums and 6% of SST-2 validation sits within 0.02 of p=0.5; the manifest marks int8 "
+    "not servable and the service serves the optimised graph instead",
+)
+def test_int8_agrees_on_500_sst2_sentences(bundle, validation, reference):
+    assert (served_labels(bundle, "int8", validation) == reference).mean() >= 0.99
+
+
+def test_manifest_records_measured_variants_and_metrics(bundle, trained_sst2_model):
+    _, report = trained_sst2_model
+    assert bundle.manifest["metrics"]["accuracy"] == pytest.approx(report.metrics.accuracy)
+    variants = {v.name: v for v in bundle.variants}
+    assert list(variants) == ["fp32", "optimized", "int8", "fp16"]
+    assert variants["fp32"].agreement == variants["optimized"].agreement == 1.0
+    for variant in variants.values():
+        assert variant.servable == (variant.agreement >= 0.99)
+    assert bundle.choose_variant("cpu").name == ("int8" if variants["int8"].servable else "optimized")
+    assert abs(variants["int8"].accuracy - variants["fp32"].accuracy) <= 0.02
+    assert bundle.smoke_test()
