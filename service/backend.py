@@ -38,13 +38,6 @@ class Backend(Protocol):
     def run(self, batch: list[EncodedInput]) -> list[InputOutputs]: ...
 
 
-def split_outputs(batch: list[EncodedInput], probabilities, attention, similarities, pooled) -> list[InputOutputs]:
-    return [
-        InputOutputs(probabilities[row], attention[row, : encoded.length], similarities[row], pooled[row])
-        for row, encoded in enumerate(batch)
-    ]
-
-
 def gpu_available() -> bool:
     import onnxruntime
 
@@ -54,26 +47,37 @@ def gpu_available() -> bool:
 class OnnxBackend:
     """One ONNX Runtime session over the bundle's graph; one batch at a time."""
 
-    def __init__(self, model_path: str, use_gpu: bool, uses_token_type_ids: bool, intra_op_threads: int = 0, inter_op_threads: int = 1):
+    def __init__(self, session, use_gpu: bool, uses_token_type_ids: bool):
+        self.session = session
+        # The providers the session really got, not the ones asked for: CUDA can fail to load.
+        self.provider = session.get_providers()[0]
+        if use_gpu and self.provider != CUDA:
+            raise ConfigError(f"asked for the GPU but ONNX Runtime runs the model on {self.provider}")
+        self.input_names = {i.name for i in session.get_inputs()}
+        if uses_token_type_ids != ("token_type_ids" in self.input_names):
+            raise ConfigError("the graph's token_type_ids input does not match the manifest")
+
+    @staticmethod
+    def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = [CUDA, CPU] if use_gpu else [CPU]
-        self.session = onnxruntime.InferenceSession(model_path, sess_options=options, providers=providers)
-        # The providers the session really got, not the ones asked for: CUDA can fail to load.
-        self.provider = self.session.get_providers()[0]
-        if use_gpu and self.provider != CUDA:
-            raise ConfigError(f"asked for the GPU but ONNX Runtime runs {model_path} on {self.provider}")
-        self.input_names = {i.name for i in self.session.get_inputs()}
-        if uses_token_type_ids != ("token_type_ids" in self.input_names):
-            raise ConfigError(f"{model_path}: token_type_ids input does not match the manifest")
+        return options
+
+    @staticmethod
+    def providers(use_gpu: bool) -> list[str]:
+        return [CUDA, CPU] if use_gpu else [CPU]
 
     def run(self, batch: list[EncodedInput]) -> list[InputOutputs]:
         feeds = {name: array for name, array in pad_batch(batch).items() if name in self.input_names}
-        return split_outputs(batch, *self.session.run(list(OUTPUT_NAMES), feeds))
+        probabilities, attention, similarities, pooled = self.session.run(list(OUTPUT_NAMES), feeds)
+        return [
+            InputOutputs(probabilities[row], attention[row, : encoded.length], similarities[row], pooled[row])
+            for row, encoded in enumerate(batch)
+        ]
 
     def warmup(self) -> None:
         """Runs a few shapes so the first real requests do not pay for allocation."""

@@ -2,8 +2,8 @@
 
 The loop blocks for the first queued input, then waits up to ``max_wait`` for more. It takes
 the queued inputs oldest first (at most a window of a few batches), sorts them by length and
-cuts them into batches bounded by ``max_batch_size`` and a padded-token budget, so inputs
-of similar length share a batch and padding stays small. Each batch runs in a dedicated
+cuts them into batches bounded by ``max_batch_size``, a padded-token budget and a largest
+share of padding, so inputs of similar length share a batch and padding stays small. Each batch runs in a dedicated
 executor thread so the event loop never blocks. Every future gets a result or an exception:
 cancelled inputs and inputs whose deadline passed are dropped before inference, and a
 failing batch fails each of its inputs (none is left waiting). A bounded queue rejects new
@@ -65,6 +65,7 @@ class DynamicBatcher(Generic[Item, Result]):
         max_batch_tokens: int,
         max_wait_seconds: float,
         max_queue_size: int,
+        max_padding: float = 1.0,
         executor: Executor | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
@@ -76,6 +77,7 @@ class DynamicBatcher(Generic[Item, Result]):
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_seconds = max_wait_seconds
         self.max_queue_size = max_queue_size
+        self.max_padding = max_padding
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="protolm-model")
         self._on_batch = on_batch or (lambda stats: None)
@@ -175,15 +177,25 @@ class DynamicBatcher(Generic[Item, Result]):
         return live
 
     def _cut(self, pending: list[_Pending]) -> list[list[_Pending]]:
-        """Length-sorted batches within the size and padded-token limits."""
+        """Length-sorted batches within the size, padded-token and padding-share limits.
+
+        A batch is also closed when the next (longer) input would make padding more than
+        ``max_padding`` of its tokens: several tight batches run faster than one padded batch.
+        """
         batches: list[list[_Pending]] = []
         current: list[_Pending] = []
+        real = 0
         for p in sorted(pending, key=lambda p: p.length):
-            padded = (len(current) + 1) * max(p.length, current[-1].length if current else 0)
-            if current and (len(current) >= self.max_batch_size or padded > self.max_batch_tokens):
+            padded = (len(current) + 1) * p.length  # p is the longest so far
+            if current and (
+                len(current) >= self.max_batch_size
+                or padded > self.max_batch_tokens
+                or 1.0 - (real + p.length) / padded > self.max_padding
+            ):
                 batches.append(current)
-                current = []
+                current, real = [], 0
             current.append(p)
+            real += p.length
         if current:
             batches.append(current)
         return batches

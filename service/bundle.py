@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from protolm.errors import BundleError, ConfigError
+from service.preprocess import pad_batch
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -146,20 +147,9 @@ def configure_tokenizer(tokenizer, max_length: int):
 
 
 def encode_batch(tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None, input_names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The graph's inputs for a batch, padded to its longest member.
-
-    Pad positions hold id 0: the attention mask hides them from the encoder and the token
-    attention, so their id never reaches an output.
-    """
+    """The graph's inputs for a batch, padded to its longest member (as the service pads)."""
     items = list(zip(texts, text_pairs)) if text_pairs is not None else list(texts)
-    encodings = tokenizer.encode_batch(items)
-    length = max(len(e.ids) for e in encodings)
-    arrays = {name: np.zeros((len(encodings), length), dtype=np.int64) for name in INPUT_NAMES}
-    for row, encoding in enumerate(encodings):
-        size = len(encoding.ids)
-        arrays["input_ids"][row, :size] = encoding.ids
-        arrays["attention_mask"][row, :size] = 1
-        arrays["token_type_ids"][row, :size] = encoding.type_ids
+    arrays = pad_batch(tokenizer.encode_batch(items))
     return {name: arrays[name] for name in input_names}
 
 

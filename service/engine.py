@@ -155,6 +155,7 @@ class Engine:
                 max_batch_tokens=self.config.max_batch_tokens,
                 max_wait_seconds=self.config.max_wait_seconds,
                 max_queue_size=self.config.max_queue_size,
+                max_padding=self.config.max_padding,
                 executor=self._model_executor,
                 on_batch=self.metrics.record_batch,
                 on_queue_depth=self.metrics.queue_depth.set,

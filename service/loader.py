@@ -43,13 +43,10 @@ def load_serving_model(bundle_dir: str, config: ServerConfig) -> ServingModel:
     bundle = Bundle.load(bundle_dir)
     gpu = use_gpu(config.device)
     variant = bundle.choose_variant("gpu" if gpu else "cpu", config.variant)
-    backend = OnnxBackend(
-        str(bundle.file(variant.file)),
-        use_gpu=gpu,
-        uses_token_type_ids=bundle.manifest["architecture"]["uses_token_type_ids"],
-        intra_op_threads=config.intra_op_threads,
-        inter_op_threads=config.inter_op_threads,
+    session = bundle.session(
+        variant, OnnxBackend.providers(gpu), OnnxBackend.session_options(config.intra_op_threads, config.inter_op_threads)
     )
+    backend = OnnxBackend(session, use_gpu=gpu, uses_token_type_ids=bundle.manifest["architecture"]["uses_token_type_ids"])
     info = bundle.indexes["examples"]
     index, placement = faiss_on_gpu(bundle.example_index())
     store = bundle.examples()

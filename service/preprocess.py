@@ -91,18 +91,20 @@ class Preprocessor:
         ]
 
 
-def pad_batch(batch: list[EncodedInput]) -> dict[str, np.ndarray]:
+def pad_batch(batch) -> dict[str, np.ndarray]:
     """input_ids / attention_mask / token_type_ids padded to the batch's longest input.
 
-    Pad positions hold id 0: the attention mask hides them from the encoder and the token
-    attention, so their id never reaches an output.
+    ``batch`` holds anything with ``ids`` and ``type_ids`` (:class:`EncodedInput`, or a
+    ``tokenizers`` Encoding). Pad positions hold id 0: the attention mask hides them from the
+    encoder and the token attention, so their id never reaches an output.
     """
-    length = max(e.length for e in batch)
+    length = max(len(e.ids) for e in batch)
     input_ids = np.zeros((len(batch), length), dtype=np.int64)
     attention_mask = np.zeros((len(batch), length), dtype=np.int64)
     token_type_ids = np.zeros((len(batch), length), dtype=np.int64)
     for row, encoded in enumerate(batch):
-        input_ids[row, : encoded.length] = encoded.ids
-        attention_mask[row, : encoded.length] = 1
-        token_type_ids[row, : encoded.length] = encoded.type_ids
+        size = len(encoded.ids)
+        input_ids[row, :size] = encoded.ids
+        attention_mask[row, :size] = 1
+        token_type_ids[row, :size] = encoded.type_ids
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}

@@ -161,3 +161,12 @@ async def test_stop_without_drain_fails_what_is_left():
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     assert any(isinstance(o, NotReadyError) for o in outcomes)
     assert all(isinstance(o, NotReadyError) or o.value == 0 for o in outcomes)
+
+
+async def test_batches_are_cut_where_padding_would_exceed_its_share():
+    recorder = Recorder()
+    batcher = make(recorder, max_batch_size=32, max_batch_tokens=100_000, max_padding=0.25, max_wait_seconds=0.05)
+    lengths = [10, 11, 12, 40, 41, 42, 13, 43]
+    await asyncio.gather(*(one(batcher, length, length) for length in lengths))
+    assert sorted(map(sorted, recorder.batches)) == [[10, 11, 12, 13], [40, 41, 42, 43]]
+    await batcher.stop()
