@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/protolm train --task sst2 --max-train-samples 4000 --epochs 1 --output-dir runs/demo
+	BIN=$(BIN) scripts/demo.sh
 
 test: install
 	$(BIN)/python -m pytest
