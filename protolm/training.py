@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
+from protolm.config import DataConfig, ModelOptions, TrainConfig
 from protolm.data import DataSource, TextClassificationData, default_max_length, load_split, validation_split_name
 from protolm.errors import ConfigError, DataError
 from protolm.inference import predict

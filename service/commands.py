@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from protolm.options import add_options, from_namespace
 from service.config import ServerConfig

@@ -1,6 +1,5 @@
 """The real server on a loopback port, serving a bundle exported from a real trained model."""
 
-import asyncio
 import os
 import signal
 import subprocess
