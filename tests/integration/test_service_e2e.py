@@ -109,15 +109,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _batches_run(metrics_port: int) -> float:
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return next(float(line.split()[-1]) for line in body.splitlines() if line.startswith("protolm_batch_size_count"))
+
+
 def test_protolm_serve_process_drains_in_flight_requests_on_sigterm(exported_sst2_bundle, sentences):
-    port = free_port()
-    env = {**os.environ, "PROTOLM_BUNDLE_DIR": str(exported_sst2_bundle), "PROTOLM_HOST": "127.0.0.1", "PROTOLM_PORT": str(port), "PROTOLM_METRICS_PORT": "0", "PROTOLM_MAX_WAIT_MS": "50"}
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "PROTOLM_BUNDLE_DIR": str(exported_sst2_bundle), "PROTOLM_HOST": "127.0.0.1", "PROTOLM_PORT": str(port),
+           "PROTOLM_METRICS_PORT": str(metrics_port), "PROTOLM_MAX_WAIT_MS": "50"}
     process = subprocess.Popen([sys.executable, "-m", "protolm.cli", "serve"], env=env)
     try:
         with ProtoLMClient(f"127.0.0.1:{port}") as client:
             _wait_serving(client, process)
             futures = [client.stub.Classify.future(pb.ClassifyRequest(inputs=[pb.TextInput(text=t) for t in sentences[:32]]), timeout=60) for _ in range(8)]
-            time.sleep(0.05)
+            deadline = time.monotonic() + 30
+            while _batches_run(metrics_port) < 1:  # the server is working on them: they are in flight
+                assert time.monotonic() < deadline, "no batch ran"
+                time.sleep(0.01)
+            assert not all(f.done() for f in futures)
             process.send_signal(signal.SIGTERM)
             results = [f.result() for f in futures]
             assert all(len(r.results) == 32 for r in results)
