@@ -8,7 +8,7 @@ RUN=${PROTOLM_DEMO_DIR:-runs/demo}
 PORT=${PROTOLM_DEMO_PORT:-50051}
 
 "$BIN/protolm" train --task sst2 --max-train-samples 4000 --epochs 1 --output-dir "$RUN/model"
-"$BIN/protolm" export "$RUN/model" "$RUN/bundle" --overwrite
+"$BIN/protolm" export "$RUN/model" "$RUN/bundle" --overwrite --model-name protolm-sst2-demo
 "$BIN/protolm" bundle verify "$RUN/bundle"
 
 "$BIN/protolm" serve "$RUN/bundle" --host 127.0.0.1 --port "$PORT" --metrics-port 0 &
