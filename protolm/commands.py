@@ -9,6 +9,7 @@ from pathlib import Path
 
 from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
 from protolm.options import add_options, from_namespace
+from service.commands import add_client_options, add_explain_arguments  # argparse only: no grpc import
 
 DEMO_SENTENCE = "a gripping, beautifully acted film that never loses its nerve"
 
@@ -53,7 +54,7 @@ def _explain(args: argparse.Namespace) -> int:
     if not Path(args.target).is_dir():
         from service.commands import explain_remote
 
-        return explain_remote(argparse.Namespace(**vars(args), server=args.target), colour)
+        return explain_remote(args)
     from protolm.model import ProtoLM
     from protolm.projection import load_exemplars
 
@@ -97,14 +98,6 @@ def register(subparsers) -> None:
         "or the HOST:PORT of a running `protolm serve`.",
     )
     explain.add_argument("target", help="model directory, or HOST:PORT of a running server")
-    explain.add_argument("text", help="the text to classify and explain")
-    explain.add_argument("--pair", default=None, help="second text, for sentence-pair models")
-    explain.add_argument("--top-prototypes", type=int, default=3, help="how many nearest prototypes to show")
-    explain.add_argument("--colour", choices=("auto", "always", "never"), default="auto", help="shade words by attention")
-    try:
-        from service.commands import add_client_options
-    except ImportError:  # serving extras not installed: local explanations only
-        pass
-    else:
-        add_client_options(explain, with_server=False)
+    add_explain_arguments(explain)
+    add_client_options(explain, with_server=False)
     explain.set_defaults(handler=_explain)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from protolm.options import add_options, from_namespace
 from service.config import ServerConfig
@@ -55,14 +56,24 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
-def explain_remote(args: argparse.Namespace, colour: bool) -> int:
-    from service.client import to_explanation
+def explain_remote(args: argparse.Namespace) -> int:
+    """`protolm explain HOST:PORT TEXT`: the explanation of a running server, rendered."""
     from protolm.rendering import render
+    from service.client import ProtoLMClient, to_explanation
 
-    with _client(args) as client:
+    colour = {"auto": sys.stdout.isatty(), "always": True, "never": False}[args.colour]
+    with ProtoLMClient(args.target, token=args.token, tls_ca=args.tls_ca, timeout=args.timeout) as client:
         response = client.explain([args.text], [args.pair] if args.pair is not None else None, top_prototypes=args.top_prototypes)
     print(render(to_explanation(args.text, args.pair, response.results[0]), colour=colour))
     return 0
+
+
+def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments `protolm explain` takes after its target, wherever it is registered."""
+    parser.add_argument("text", help="the text to classify and explain")
+    parser.add_argument("--pair", default=None, help="second text, for sentence-pair models")
+    parser.add_argument("--top-prototypes", type=int, default=3, help="how many nearest prototypes to show")
+    parser.add_argument("--colour", choices=("auto", "always", "never"), default="auto", help="shade words by attention")
 
 
 def add_client_options(parser: argparse.ArgumentParser, with_server: bool = True) -> None:
@@ -91,6 +102,13 @@ def register(subparsers) -> None:
     classify.add_argument("--json", action="store_true", help="print the raw response as JSON")
     add_client_options(classify)
     classify.set_defaults(handler=_classify)
+
+    if "explain" not in subparsers.choices:  # a serving install: no training commands, remote explanations only
+        explain = subparsers.add_parser("explain", help="explain one prediction of a running server")
+        explain.add_argument("target", help="HOST:PORT of a running `protolm serve`")
+        add_explain_arguments(explain)
+        add_client_options(explain, with_server=False)
+        explain.set_defaults(handler=explain_remote)
 
     health = subparsers.add_parser("health", help="ask a running server's gRPC health service; exit 0 when SERVING")
     add_client_options(health)

@@ -39,7 +39,7 @@ def test_torch_is_really_blocked(tmp_path):
     assert result.returncode != 0 and "No module named 'torch'" in result.stderr
 
 
-@pytest.mark.parametrize("command", [("serve", "--help"), ("health", "--help")])
+@pytest.mark.parametrize("command", [("serve", "--help"), ("health", "--help"), ("classify", "--help"), ("explain", "--help")])
 def test_serving_image_commands_start_without_torch(tmp_path, command):
     result = run_without_torch(tmp_path, *command)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -49,3 +49,10 @@ def test_serve_without_torch_gets_as_far_as_the_bundle(tmp_path):
     result = run_without_torch(tmp_path, "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1", str(tmp_path / "no-bundle"))
     assert "No module named" not in result.stderr, result.stderr[-3000:]
     assert result.returncode == 2 and "no such bundle directory" in result.stderr
+
+
+def test_training_commands_are_left_out_without_torch(tmp_path):
+    result = run_without_torch(tmp_path, "--help")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "serve" in result.stdout and "explain" in result.stdout
+    assert "train" not in result.stdout.split("positional arguments")[1].split("options")[0]

@@ -345,3 +345,17 @@ def test_tls_needs_both_certificate_and_key():
     with pytest.raises(ConfigError, match="tls-client-ca"):
         server_credentials(server_config(tls_client_ca="ca.pem"))
     assert server_credentials(server_config()) is None
+
+
+async def test_cli_classify_and_explain_through_a_running_server(capsys):
+    from protolm.cli import main
+
+    async with running_server(server_config(), lambda path, cfg: fake_model(cfg)) as server:
+        target = f"127.0.0.1:{server.port}"
+        assert await asyncio.to_thread(main, ["classify", "--server", target, "a fine film", "a dull one"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert len(out) == 2 and out[0].endswith("a fine film")
+        assert await asyncio.to_thread(main, ["explain", target, "a fine film", "--colour", "never", "--top-prototypes", "2"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("prediction: ") and out.count("exemplar: [exemplar]") == 2
+        assert await asyncio.to_thread(main, ["health", "--server", target]) == 0
