@@ -87,6 +87,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             token = _request_id.set(request_id)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            in_flight = self.metrics.in_flight.labels(method=method)
+            in_flight.inc()
             try:
                 return await inner(request, context)
             except asyncio.CancelledError:
@@ -101,6 +103,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     message = str(exc)
                 await context.abort(code, message)
             finally:
+                in_flight.dec()
                 self.metrics.requests.labels(method=method, code=code.name).inc()
                 self.metrics.request_duration.labels(method=method).observe(time.perf_counter() - started)
                 _request_id.reset(token)

@@ -28,6 +28,7 @@ class Metrics:
             "protolm_batch_tokens", "padded tokens (batch size x longest input) per forward pass", buckets=BATCH_TOKEN_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("protolm_queue_depth", "inputs waiting for a batch", registry=r)
+        self.in_flight = Gauge("protolm_requests_in_flight", "RPCs being handled", ["method"], registry=r)
         self.inputs = Counter("protolm_inputs", "inputs classified, by method", ["method"], registry=r)
         self.truncated_inputs = Counter("protolm_truncated_inputs", "inputs cut to the model's max_length", registry=r)
         self.reloads = Counter("protolm_reloads", "bundle reloads, by result", ["result"], registry=r)

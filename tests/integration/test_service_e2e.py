@@ -109,11 +109,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _batches_run(metrics_port: int) -> float:
+def _calls_in_flight(metrics_port: int) -> float:
     import urllib.request
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return next(float(line.split()[-1]) for line in body.splitlines() if line.startswith("protolm_batch_size_count"))
+    prefix = 'protolm_requests_in_flight{method="Classify"}'
+    return next((float(line.split()[-1]) for line in body.splitlines() if line.startswith(prefix)), 0.0)
 
 
 def test_protolm_serve_process_drains_in_flight_requests_on_sigterm(exported_sst2_bundle, sentences):
@@ -126,9 +127,11 @@ def test_protolm_serve_process_drains_in_flight_requests_on_sigterm(exported_sst
             _wait_serving(client, process)
             futures = [client.stub.Classify.future(pb.ClassifyRequest(inputs=[pb.TextInput(text=t) for t in sentences[:32]]), timeout=60) for _ in range(8)]
             deadline = time.monotonic() + 30
-            while _batches_run(metrics_port) < 1:  # the server is working on them: they are in flight
-                assert time.monotonic() < deadline, "no batch ran"
-                time.sleep(0.01)
+            # SIGTERM once the server is handling all 8 calls: gRPC cancels calls that reached
+            # the socket but not yet the application when shutdown starts.
+            while _calls_in_flight(metrics_port) < 8:
+                assert time.monotonic() < deadline, "the server did not take the calls in"
+                time.sleep(0.005)
             assert not all(f.done() for f in futures)
             process.send_signal(signal.SIGTERM)
             results = [f.result() for f in futures]
