@@ -4,7 +4,6 @@ machinery (batching, errors, shutdown) that must not depend on a model's numbers
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,7 +13,6 @@ import numpy as np
 from protolm.errors import ConfigError
 from service.preprocess import EncodedInput, pad_batch
 
-log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 OUTPUT_NAMES = ("probabilities", "token_attention", "prototype_similarities", "pooled")

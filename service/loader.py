@@ -3,7 +3,6 @@ the tokenizer, the exemplars and the example index (on the GPU when FAISS has GP
 
 from __future__ import annotations
 
-import logging
 
 from protolm.errors import ConfigError
 from service.backend import OnnxBackend, gpu_available
@@ -12,7 +11,6 @@ from service.config import ServerConfig
 from service.engine import ExampleLookup, ServingModel
 from service.preprocess import InputLimits, Preprocessor
 
-log = logging.getLogger(__name__)
 
 
 def use_gpu(device: str) -> bool:
