@@ -9,7 +9,7 @@ from pathlib import Path
 
 from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
 from protolm.options import add_options, from_namespace
-from service.commands import add_client_options, add_explain_arguments  # argparse only: no grpc import
+from service.commands import add_client_options, add_explain_arguments, use_colour  # argparse only: no grpc import
 
 DEMO_SENTENCE = "a gripping, beautifully acted film that never loses its nerve"
 
@@ -50,7 +50,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    colour = {"auto": sys.stdout.isatty(), "always": True, "never": False}[args.colour]
     if not Path(args.target).is_dir():
         from service.commands import explain_remote
 
@@ -60,7 +59,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     model = ProtoLM.from_pretrained(args.target)
     pairs = [args.pair] if args.pair is not None else None
-    _print_explanations(model, [args.text], pairs, load_exemplars(args.target), args.top_prototypes, colour)
+    _print_explanations(model, [args.text], pairs, load_exemplars(args.target), args.top_prototypes, use_colour(args.colour))
     return 0
 
 

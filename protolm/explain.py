@@ -19,9 +19,7 @@ def explain_texts(
     top_prototypes: int = 3,
 ) -> list[Explanation]:
     encoded, output = forward_texts(model, texts, text_pairs)
-    logits = output.logits.float().cpu().numpy()
-    probabilities = np.exp(logits - logits.max(1, keepdims=True))
-    probabilities /= probabilities.sum(1, keepdims=True)
+    probabilities = output.logits.float().softmax(-1).cpu().numpy()
     attention = output.token_attention.float().cpu().numpy()
     similarities = output.similarities.float().cpu().numpy()
     names = model.config.label_names

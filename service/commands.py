@@ -29,16 +29,21 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace):
+def _client(args: argparse.Namespace, target: str):
     from service.client import ProtoLMClient
 
-    return ProtoLMClient(args.server, token=args.token, tls_ca=args.tls_ca, timeout=args.timeout)
+    return ProtoLMClient(target, token=args.token, tls_ca=args.tls_ca, timeout=args.timeout)
+
+
+def use_colour(choice: str) -> bool:
+    """The --colour choice of `protolm explain`: auto means when printing to a terminal."""
+    return {"auto": sys.stdout.isatty(), "always": True, "never": False}[choice]
 
 
 def _classify(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    with _client(args) as client:
+    with _client(args, args.server) as client:
         response = client.classify(args.texts, [args.pair] * len(args.texts) if args.pair is not None else None)
     if args.json:
         print(json.dumps(MessageToDict(response), indent=2))
@@ -50,7 +55,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with _client(args, args.server) as client:
         status = client.health()
     print(status)
     return 0 if status == "SERVING" else 1
@@ -59,12 +64,11 @@ def _health(args: argparse.Namespace) -> int:
 def explain_remote(args: argparse.Namespace) -> int:
     """`protolm explain HOST:PORT TEXT`: the explanation of a running server, rendered."""
     from protolm.rendering import render
-    from service.client import ProtoLMClient, to_explanation
+    from service.client import to_explanation
 
-    colour = {"auto": sys.stdout.isatty(), "always": True, "never": False}[args.colour]
-    with ProtoLMClient(args.target, token=args.token, tls_ca=args.tls_ca, timeout=args.timeout) as client:
+    with _client(args, args.target) as client:
         response = client.explain([args.text], [args.pair] if args.pair is not None else None, top_prototypes=args.top_prototypes)
-    print(render(to_explanation(args.text, args.pair, response.results[0]), colour=colour))
+    print(render(to_explanation(args.text, args.pair, response.results[0]), colour=use_colour(args.colour)))
     return 0
 
 
