@@ -20,6 +20,7 @@ from protolm.errors import ProtoLMError
 # (torch in a serving image, say) is left out of the CLI instead of breaking it.
 COMMAND_MODULES = (
     ("protolm.commands", ("torch", "transformers")),
+    ("protolm.benchmark.commands", ("torch", "transformers")),
     ("export.commands", ("torch", "transformers", "onnx")),
     ("service.commands", ("grpc", "onnxruntime", "tokenizers")),
 )

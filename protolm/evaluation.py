@@ -108,12 +108,18 @@ def evaluate(
     with_faithfulness: bool = True,
     seed: int = 0,
     progress: bool = True,
+    faithfulness_samples: int | None = None,
 ) -> EvaluationReport:
+    """Faithfulness ranks tokens by the model's own explanation (attention for proto-lm,
+    gradient x input for the baseline) against a random ranking, on ``faithfulness_samples``
+    seeded examples of ``data`` (all of them when None)."""
     predictions = predict(model, data, batch_size, progress)
     metrics = classification_metrics(data.labels, predictions.labels, model.config.num_classes)
     faithfulness = None
-    if with_faithfulness and model.config.architecture == "protolm":
-        faithfulness = evaluate_faithfulness(model, data, batch_size=min(batch_size, 64), seed=seed, progress=progress)
+    if with_faithfulness:
+        faithfulness = evaluate_faithfulness(
+            model, data.sample(faithfulness_samples, seed), batch_size=min(batch_size, 64), seed=seed, progress=progress
+        )
     return EvaluationReport(
         data=data.name,
         label_names=list(model.config.label_names),

@@ -1,16 +1,22 @@
-"""Faithfulness of the attention explanation: comprehensiveness and sufficiency (ERASER).
+"""Faithfulness of token rankings: comprehensiveness and sufficiency (ERASER).
 
-For each example, its real tokens (never the special ones) are ranked by the model's token
-attention; the top q% are then removed (comprehensiveness) or kept alone (sufficiency), and
-the drop in the probability of the originally predicted class is averaged. A faithful
-ranking has high comprehensiveness and low sufficiency; the same is computed for a seeded
-random ranking so the figures have a floor to be read against.
+For each example, its real tokens (never the special ones) are ranked by an explanation;
+the top q% are then removed (comprehensiveness) or kept alone (sufficiency), and the drop in
+the probability of the originally predicted class is averaged. A faithful ranking has high
+comprehensiveness and low sufficiency. Three rankings exist:
+
+* ``attention``: proto-lm's own token attention, the explanation it is built to give;
+* ``gradient_x_input``: gradient of the predicted class's logit times the input embedding,
+  summed over the hidden dimensions; it needs no attention layer, so it is what a plainly
+  fine-tuned model (the baseline head) can offer instead;
+* ``random``: a seeded random order, the floor every figure is read against.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,7 +26,7 @@ from protolm.data import TextClassificationData
 from protolm.model import EncoderClassifier
 
 FRACTIONS = (0.01, 0.05, 0.10, 0.20, 0.50)
-RANKINGS = ("attention", "random")
+RANDOM = "random"
 
 
 @dataclass
@@ -36,6 +42,39 @@ class Faithfulness:
         return getattr(self, metric)[ranking][self.fractions.index(fraction)]
 
 
+def attention_scores(model: EncoderClassifier, batch: dict) -> np.ndarray:
+    with torch.inference_mode():
+        attention = model(**batch).token_attention
+    if attention is None:
+        raise ValueError("the attention ranking needs a model with token attention (proto-lm)")
+    return attention.float().cpu().numpy()
+
+
+def gradient_x_input_scores(model: EncoderClassifier, batch: dict) -> np.ndarray:
+    """Signed gradient x input per token: positive where the token supports the prediction."""
+    captured: list[torch.Tensor] = []
+    hook = model.encoder.get_input_embeddings().register_forward_hook(lambda _m, _i, output: captured.append(output))
+    try:
+        with torch.enable_grad():
+            logits = model(**batch).logits
+            predicted = logits.argmax(-1, keepdim=True)
+            (gradient,) = torch.autograd.grad(logits.gather(1, predicted).sum(), captured[0])
+    finally:
+        hook.remove()
+    return (gradient * captured[0]).sum(-1).detach().float().cpu().numpy()
+
+
+RANKERS: dict[str, Callable[[EncoderClassifier, dict], np.ndarray]] = {
+    "attention": attention_scores,
+    "gradient_x_input": gradient_x_input_scores,
+}
+
+
+def default_rankings(model: EncoderClassifier) -> tuple[str, ...]:
+    """A model's own explanation and the random floor."""
+    return ("attention", RANDOM) if model.config.architecture == "protolm" else ("gradient_x_input", RANDOM)
+
+
 def _forward_probabilities(model: EncoderClassifier, sequences: list[dict], pad_id: int, device) -> torch.Tensor:
     length = max(len(s["input_ids"]) for s in sequences)
     batch = {}
@@ -44,7 +83,8 @@ def _forward_probabilities(model: EncoderClassifier, sequences: list[dict], pad_
         for row, sequence in enumerate(sequences):
             padded[row, : len(sequence[key])] = torch.tensor(sequence[key])
         batch[key] = padded.to(device)
-    return torch.softmax(model(**batch).logits.float(), dim=-1)
+    with torch.inference_mode():
+        return torch.softmax(model(**batch).logits.float(), dim=-1)
 
 
 def _perturbed(sequence: dict, drop: set[int]) -> dict:
@@ -58,45 +98,48 @@ def evaluate_faithfulness(
     fractions: tuple[float, ...] = FRACTIONS,
     seed: int = 0,
     progress: bool = True,
+    rankings: tuple[str, ...] | None = None,
 ) -> Faithfulness:
+    rankings = rankings or default_rankings(model)
+    unknown = [r for r in rankings if r != RANDOM and r not in RANKERS]
+    if unknown:
+        raise ValueError(f"unknown ranking(s) {unknown}; known: {sorted(RANKERS)} and {RANDOM}")
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
     pad_id = model.tokenizer.pad_token_id or 0
-    comprehensiveness = {r: np.zeros(len(fractions)) for r in RANKINGS}
-    sufficiency = {r: np.zeros(len(fractions)) for r in RANKINGS}
+    comprehensiveness = {r: np.zeros(len(fractions)) for r in rankings}
+    sufficiency = {r: np.zeros(len(fractions)) for r in rankings}
     model.eval()
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(data), batch_size), desc="faithfulness", disable=not progress, unit="batch"):
-            indices = range(start, min(start + batch_size, len(data)))
-            texts = [data.texts[i] for i in indices]
-            pairs = [data.text_pairs[i] for i in indices] if data.is_pair else None
-            encoded = model.tokenize(texts, pairs)
-            output = model(**{k: v.to(device) for k, v in encoded.items()})
-            if output.token_attention is None:
-                raise ValueError("faithfulness of the attention ranking needs a model with token attention")
-            probabilities = torch.softmax(output.logits.float(), dim=-1)
-            predicted = probabilities.argmax(-1)
-            original = probabilities.gather(1, predicted[:, None]).squeeze(1)
-            attention = output.token_attention.float().cpu().numpy()
+    for start in tqdm(range(0, len(data), batch_size), desc="faithfulness", disable=not progress, unit="batch"):
+        indices = range(start, min(start + batch_size, len(data)))
+        texts = [data.texts[i] for i in indices]
+        pairs = [data.text_pairs[i] for i in indices] if data.is_pair else None
+        encoded = model.tokenize(texts, pairs)
+        batch = {k: v.to(device) for k, v in encoded.items()}
+        with torch.inference_mode():
+            probabilities = torch.softmax(model(**batch).logits.float(), dim=-1)
+        predicted = probabilities.argmax(-1)
+        original = probabilities.gather(1, predicted[:, None]).squeeze(1)
 
-            sequences, content = [], []
-            for row, encoding in enumerate(encoded.encodings):
-                length = int(encoded["attention_mask"][row].sum())
-                sequences.append({k: v[row, :length].tolist() for k, v in encoded.items()})
-                content.append(np.array([p for p in range(length) if encoding.sequence_ids[p] is not None]))
-            rankings = {
-                "attention": [c[np.argsort(-attention[row][c], kind="stable")] for row, c in enumerate(content)],
-                "random": [rng.permutation(c) for c in content],
-            }
-            for ranking, ranked in rankings.items():
-                for f, fraction in enumerate(fractions):
-                    tops = [set(r[: max(1, math.ceil(fraction * len(r)))].tolist()) for r in ranked]
-                    removed = [_perturbed(s, top) for s, top in zip(sequences, tops)]
-                    kept = [_perturbed(s, set(c.tolist()) - top) for s, c, top in zip(sequences, content, tops)]
-                    for target, perturbed in ((comprehensiveness, removed), (sufficiency, kept)):
-                        new = _forward_probabilities(model, perturbed, pad_id, device)
-                        drop = original - new.gather(1, predicted[:, None].to(new.device)).squeeze(1)
-                        target[ranking][f] += float(drop.sum())
+        sequences, content = [], []
+        for row, encoding in enumerate(encoded.encodings):
+            length = int(encoded["attention_mask"][row].sum())
+            sequences.append({k: v[row, :length].tolist() for k, v in encoded.items()})
+            content.append(np.array([p for p in range(length) if encoding.sequence_ids[p] is not None]))
+        for ranking in rankings:
+            if ranking == RANDOM:
+                ranked = [rng.permutation(c) for c in content]
+            else:
+                scores = RANKERS[ranking](model, batch)
+                ranked = [c[np.argsort(-scores[row][c], kind="stable")] for row, c in enumerate(content)]
+            for f, fraction in enumerate(fractions):
+                tops = [set(r[: max(1, math.ceil(fraction * len(r)))].tolist()) for r in ranked]
+                removed = [_perturbed(s, top) for s, top in zip(sequences, tops)]
+                kept = [_perturbed(s, set(c.tolist()) - top) for s, c, top in zip(sequences, content, tops)]
+                for target, perturbed in ((comprehensiveness, removed), (sufficiency, kept)):
+                    new = _forward_probabilities(model, perturbed, pad_id, device)
+                    drop = original - new.gather(1, predicted[:, None].to(new.device)).squeeze(1)
+                    target[ranking][f] += float(drop.sum())
     return Faithfulness(
         fractions=tuple(fractions),
         comprehensiveness={r: (v / len(data)).tolist() for r, v in comprehensiveness.items()},

@@ -30,6 +30,16 @@ class EvalConfig:
     batch_size: int = option(128, "evaluation batch size")
     faithfulness: bool = option(True, "also measure comprehensiveness and sufficiency (about 20 extra passes)")
     seed: int = option(0, "seed of the random ranking and of --max-eval-samples")
+    faithfulness_samples: int | None = option(None, "measure faithfulness on a seeded subset of this many evaluation examples (default: all)")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Data given to :func:`run_training` directly instead of through ``DataConfig``."""
+
+    train: TextClassificationData
+    validation: TextClassificationData  # per-epoch validation: picks the best checkpoint
+    test: TextClassificationData | None = None  # final evaluation; the validation split when None
 
 
 def _accuracy_from_pooled(model: ProtoLM, pooled: np.ndarray, labels: np.ndarray) -> float:
@@ -55,18 +65,26 @@ def _project(model: ProtoLM, train: TextClassificationData, validation: TextClas
     return report
 
 
-def run_training(config: TrainConfig, eval_config: EvalConfig) -> tuple[EncoderClassifier, Path, EvaluationReport]:
-    train, validation = load_train_validation(config.data, config.optim.seed)
+def run_training(
+    config: TrainConfig, eval_config: EvalConfig, splits: Splits | None = None
+) -> tuple[EncoderClassifier, Path, EvaluationReport]:
+    """Train, project (and push), evaluate and save; the data comes from ``config.data``
+    unless ``splits`` gives it."""
+    splits = splits or Splits(*load_train_validation(config.data, config.optim.seed))
+    train, validation = splits.train, splits.validation
     model, output_dir, summary = train_model(config, train, validation)
     if isinstance(model, ProtoLM) and config.optim.project:
         summary["projection"] = _project(model, train, validation, config, output_dir)
+    test = splits.test or validation
+    summary["test"] = {"name": test.name, "examples": len(test)}
     report = evaluate(
         model,
-        validation,
+        test,
         batch_size=config.optim.eval_batch_size,
         exemplars=load_exemplars(output_dir),
         with_faithfulness=eval_config.faithfulness,
         seed=eval_config.seed,
+        faithfulness_samples=eval_config.faithfulness_samples,
     )
     summary["evaluation"] = report.as_dict()
     (output_dir / TRAINING_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -100,4 +118,5 @@ def run_evaluation(model_dir: str | Path, data_config: DataConfig, eval_config: 
         exemplars=load_exemplars(model_dir),
         with_faithfulness=eval_config.faithfulness,
         seed=eval_config.seed,
+        faithfulness_samples=eval_config.faithfulness_samples,
     )

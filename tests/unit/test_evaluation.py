@@ -3,7 +3,7 @@ import pytest
 
 from protolm.data import TextClassificationData
 from protolm.evaluation import classification_metrics, evaluate
-from protolm.faithfulness import evaluate_faithfulness
+from protolm.faithfulness import evaluate_faithfulness, gradient_x_input_scores
 
 
 def test_classification_metrics_by_hand():
@@ -56,5 +56,31 @@ def test_evaluate_report_renders(make_model, data):
     text = report.render()
     assert "accuracy" in text and "comprehensive" in text
     assert report.as_dict()["examples"] == 4
-    baseline = evaluate(make_model(architecture="baseline"), data, progress=False)
-    assert baseline.faithfulness is None
+    baseline = evaluate(make_model(architecture="baseline"), data, progress=False, faithfulness_samples=2)
+    assert set(baseline.faithfulness.comprehensiveness) == {"gradient_x_input", "random"}
+    assert "gradient_x_input" in baseline.render()
+
+
+def test_gradient_x_input_matches_autograd_through_input_embeddings(make_model, data):
+    model = make_model(architecture="baseline").eval()
+    batch = dict(model.tokenize(data.texts))
+    scores = gradient_x_input_scores(model, batch)
+    assert all(p.grad is None for p in model.parameters())  # nothing left on the weights
+
+    embeddings = model.encoder.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+    hidden = model.encoder(inputs_embeds=embeddings, attention_mask=batch["attention_mask"]).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    logits = model.classifier((hidden * mask).sum(1) / mask.sum(1))
+    logits.gather(1, logits.argmax(-1, keepdim=True)).sum().backward()
+    expected = (embeddings.grad * embeddings).sum(-1).detach().numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_ranking_is_refused(make_model, data):
+    with pytest.raises(ValueError, match="unknown ranking"):
+        evaluate_faithfulness(make_model(), data, rankings=("saliency",), progress=False)
+
+
+def test_attention_ranking_needs_attention(make_model, data):
+    with pytest.raises(ValueError, match="token attention"):
+        evaluate_faithfulness(make_model(architecture="baseline"), data, rankings=("attention",), progress=False)

@@ -1,0 +1,149 @@
+"""Runs benchmark specs one by one, one result file each, resuming where a previous call stopped.
+
+A result file is written as ``running`` before a run starts and rewritten as ``ok`` or
+``failed`` (with the traceback) when it ends, so a run that died with its process (killed,
+out of memory) is still on record; the next call re-runs ``running`` and, when asked,
+``failed`` runs, and skips the ``ok`` ones.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+from protolm.benchmark.protocols import load_task_data
+from protolm.benchmark.suites import PUSH_OVERRIDES, RunSpec
+from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
+from protolm.pipeline import EvalConfig, run_training
+
+log = logging.getLogger(__name__)
+OK, FAILED, RUNNING = "ok", "failed", "running"
+
+
+def hardware() -> dict:
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def train_config(spec: RunSpec, output_dir: Path, data_dir: str | None) -> TrainConfig:
+    model_overrides = {k: v for k, v in spec.overrides.items() if k not in PUSH_OVERRIDES}
+    optim_overrides = {k: v for k, v in spec.overrides.items() if k in PUSH_OVERRIDES}
+    return TrainConfig(
+        data=DataConfig(task=spec.task, data_dir=data_dir, max_train_samples=spec.budget.train_samples),
+        model=ModelOptions(architecture=spec.architecture, encoder=spec.encoder, **model_overrides),
+        optim=OptimConfig(output_dir=str(output_dir), epochs=spec.budget.epochs, seed=spec.seed, **optim_overrides),
+    )
+
+
+def execute(spec: RunSpec, runs_dir: Path, data_dir: str | None) -> dict:
+    """Train and evaluate one spec; returns the measured part of its result record."""
+    task_data = load_task_data(spec.task, spec.budget, spec.seed, data_dir)
+    output_dir = runs_dir / spec.run_id
+    config = train_config(spec, output_dir, data_dir)
+    eval_config = EvalConfig(faithfulness=spec.budget.faithfulness_samples is not None,
+                             faithfulness_samples=spec.budget.faithfulness_samples, seed=0)
+    started = time.perf_counter()
+    _, _, report = run_training(config, eval_config, task_data.splits)
+    seconds = time.perf_counter() - started
+    summary = json.loads((output_dir / "training.json").read_text())
+    if not spec.keep_model:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    splits = task_data.splits
+    return {
+        "protocol": task_data.protocol,
+        "data": {
+            "train": {"name": splits.train.name, "examples": len(splits.train), "available": task_data.train_available},
+            "selection": {"name": splits.validation.name, "examples": len(splits.validation)},
+            "test": {"name": splits.test.name, "examples": len(splits.test), "available": task_data.test_available},
+        },
+        "settings": summary["config"],
+        "accuracy": report.metrics.accuracy,
+        "macro_f1": report.metrics.macro_f1,
+        "confusion": report.metrics.confusion,
+        "faithfulness": report.faithfulness.as_dict() if report.faithfulness else None,
+        "prototypes": vars(report.prototypes) if report.prototypes else None,
+        "projection": summary.get("projection"),
+        "training_seconds": summary["training_seconds"],
+        "total_seconds": seconds,
+        "model_dir": str(output_dir) if spec.keep_model else None,
+    }
+
+
+def _write(path: Path, record: dict) -> None:
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    partial.replace(path)
+
+
+def read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def pending(specs: list[RunSpec], results_dir: Path, retry_failed: bool) -> list[RunSpec]:
+    """The specs still to run: no record, an interrupted one, one recorded with other
+    settings (a changed budget, say), or (when asked) a failed one."""
+    todo = []
+    for spec in specs:
+        record = read_record(results_dir / f"{spec.run_id}.json")
+        status = record.get("status") if record and record.get("spec") == spec.as_dict() else None
+        if status == OK or (status == FAILED and not retry_failed):
+            continue
+        todo.append(spec)
+    return todo
+
+
+def run_specs(specs: list[RunSpec], results_dir: Path, runs_dir: Path, data_dir: str | None = None,
+              retry_failed: bool = False) -> dict[str, int]:
+    """Run what is pending; returns how many runs ended ok and failed in this call."""
+    from tqdm.auto import tqdm
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    todo = pending(specs, results_dir, retry_failed)
+    log.info("%d of %d runs to do (results in %s)", len(todo), len(specs), results_dir)
+    counts = {OK: 0, FAILED: 0}
+    context = {"hardware": hardware(), "git_commit": _git_commit()}
+    for spec in tqdm(todo, desc="benchmark", unit="run"):
+        path = results_dir / f"{spec.run_id}.json"
+        record = {"spec": spec.as_dict(), **context, "status": RUNNING,
+                  "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        _write(path, record)
+        log.info("run %s", spec.run_id)
+        try:
+            record.update(execute(spec, runs_dir, data_dir), status=OK)
+        except Exception as exc:  # a crashed run is recorded, and the suite goes on
+            log.exception("run %s failed", spec.run_id)
+            record.update(status=FAILED, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        _write(path, record)
+        counts[record["status"]] += 1
+    return counts
+
+
+def load_records(results_dir: Path) -> list[dict]:
+    return [r for r in (read_record(p) for p in sorted(results_dir.glob("*.json"))) if r is not None]
+

@@ -1,0 +1,171 @@
+"""The benchmark runner, its protocols, its report and plots: real runs on the tiny encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from protolm.benchmark import protocols
+from protolm.benchmark.report import render, verdict
+from protolm.benchmark.runner import FAILED, OK, RUNNING, load_records, pending, run_specs
+from protolm.benchmark.suites import (
+    ABLATIONS,
+    BASE_SEED,
+    CPU_BUDGETS,
+    TASK_ORDER,
+    RunSpec,
+    TaskBudget,
+    build_suites,
+    task_suite,
+)
+from protolm.errors import ConfigError
+
+TINY_BUDGET = TaskBudget(train_samples=48, epochs=1, seeds=1, test_samples=24, faithfulness_samples=4)
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(monkeypatch):
+    """The hub is unreachable here; make it fail at once instead of after its retries."""
+
+    def unreachable(path, config, split):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr("protolm.data._hub_load", unreachable)
+    protocols._full_splits.cache_clear()
+    yield
+    protocols._full_splits.cache_clear()
+
+
+def test_task_suite_covers_the_eight_tasks_with_three_seeds_for_the_small_ones():
+    specs = task_suite("cpu")
+    assert {s.task for s in specs} == set(TASK_ORDER) == {"sst2", "sst5", "rte", "wnli", "mrpc", "imdb", "qnli", "mnli"}
+    for task in ("rte", "wnli", "mrpc", "sst5"):
+        assert len({s.seed for s in specs if s.task == task}) >= 3
+    for task in TASK_ORDER:
+        assert {s.architecture for s in specs if s.task == task} == {"protolm", "baseline"}
+    assert len({s.run_id for s in specs}) == len(specs)
+
+
+def test_every_task_first_seed_runs_before_any_second_seed_and_ablations_in_between():
+    specs = build_suites(["tasks", "ablations"], "cpu")
+    kinds = [("first" if s.seed == BASE_SEED else "later") if s.suite == "tasks" else "ablation" for s in specs]
+    assert kinds == sorted(kinds, key=["first", "ablation", "later"].index)
+    assert sum(k == "ablation" for k in kinds) == len(ABLATIONS)
+
+
+def test_unknown_task_suite_or_profile_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown benchmark task"):
+        task_suite("cpu", ["sst3"])
+    with pytest.raises(ConfigError, match="unknown benchmark suite"):
+        build_suites(["speed"], "cpu")
+    with pytest.raises(ConfigError, match="unknown benchmark profile"):
+        task_suite("huge")
+
+
+def test_stand_in_protocols_when_the_training_split_is_missing(shared_data_dir):
+    budget = CPU_BUDGETS["qnli"]
+    qnli = protocols.load_task_data("qnli", budget, seed=1, data_dir=str(shared_data_dir))
+    assert qnli.protocol.startswith("stand-in")
+    assert qnli.train_available + qnli.test_available == 5463  # all of QNLI validation, split 80/20
+    again = protocols.load_task_data("qnli", budget, seed=2, data_dir=str(shared_data_dir))
+    assert again.splits.test.texts == qnli.splits.test.texts  # the test part does not move with the seed
+    rows = lambda data: set(zip(data.texts, data.text_pairs))  # noqa: E731
+    assert not rows(qnli.splits.test) & (rows(qnli.splits.train) | rows(again.splits.train))
+
+    mnli = protocols.load_task_data("mnli", CPU_BUDGETS["mnli"], seed=1, data_dir=str(shared_data_dir))
+    assert mnli.protocol.startswith("stand-in")
+    assert mnli.splits.train.name == "mnli:validation_matched"
+    assert mnli.splits.test.name == "mnli:validation_mismatched"
+
+
+def test_standard_protocol_when_the_hub_supplies_the_training_split(shared_data_dir, monkeypatch):
+    import datasets
+
+    rows = {"question": ["who wrote it?", "where is it?"], "sentence": ["she wrote it.", "it is here."], "label": [0, 1]}
+    monkeypatch.setattr("protolm.data._hub_load", lambda path, config, split: datasets.Dataset.from_dict(rows))
+    qnli = protocols.load_task_data("qnli", CPU_BUDGETS["qnli"], seed=1, data_dir=str(shared_data_dir))
+    assert qnli.protocol == protocols.STANDARD
+    assert len(qnli.splits.train) == 2 and qnli.splits.test.name == "qnli:validation"
+
+
+def test_sst5_is_tested_on_its_test_split_and_selects_on_validation(shared_data_dir):
+    sst5 = protocols.load_task_data("sst5", TINY_BUDGET, seed=1, data_dir=str(shared_data_dir))
+    assert sst5.splits.test.name == "sst5:test" and sst5.splits.validation.name == "sst5:validation"
+    assert len(sst5.splits.train) == 48 and sst5.train_available == 8544
+
+
+@pytest.fixture
+def tiny_specs(tiny_encoder_dir):
+    return [RunSpec("tasks", "wnli", architecture, BASE_SEED, TINY_BUDGET, str(tiny_encoder_dir))
+            for architecture in ("protolm", "baseline")]
+
+
+def test_runner_writes_one_record_per_run_and_resumes(tiny_specs, shared_data_dir, tmp_path):
+    results = tmp_path / "results"
+    counts = run_specs(tiny_specs, results, tmp_path / "runs", str(shared_data_dir))
+    assert counts == {OK: 2, FAILED: 0}
+    records = {r["spec"]["architecture"]: r for r in load_records(results)}
+    for architecture, record in records.items():
+        assert record["status"] == OK
+        assert 0.0 <= record["accuracy"] <= 1.0 and 0.0 <= record["macro_f1"] <= 1.0
+        assert record["data"]["train"] == {"name": "wnli:train", "examples": 48, "available": 635}
+        assert record["data"]["test"]["examples"] == 24
+        assert record["settings"]["model"]["architecture"] == architecture
+        assert record["hardware"]["cpu_cores"] >= 1 and record["training_seconds"] > 0
+        assert record["spec"]["seed"] == BASE_SEED and record["protocol"] == protocols.STANDARD
+    assert set(records["protolm"]["faithfulness"]["comprehensiveness"]) == {"attention", "random"}
+    assert set(records["baseline"]["faithfulness"]["comprehensiveness"]) == {"gradient_x_input", "random"}
+    assert records["protolm"]["prototypes"]["prototypes"] > 0
+    assert not (tmp_path / "runs" / tiny_specs[0].run_id).exists()  # model directories are not kept
+
+    assert pending(tiny_specs, results, retry_failed=True) == []
+    assert run_specs(tiny_specs, results, tmp_path / "runs", str(shared_data_dir)) == {OK: 0, FAILED: 0}
+
+
+def test_interrupted_and_changed_runs_are_run_again(tiny_specs, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    interrupted, changed = tiny_specs
+    (results / f"{interrupted.run_id}.json").write_text(json.dumps({"spec": interrupted.as_dict(), "status": RUNNING}))
+    other_budget = dataclasses.replace(changed, budget=dataclasses.replace(TINY_BUDGET, epochs=2))
+    (results / f"{changed.run_id}.json").write_text(json.dumps({"spec": other_budget.as_dict(), "status": OK}))
+    assert pending(tiny_specs, results, retry_failed=False) == tiny_specs
+
+
+def test_a_crashed_run_is_recorded_and_the_suite_goes_on(tiny_specs, shared_data_dir, tmp_path):
+    broken = dataclasses.replace(tiny_specs[0], encoder=str(tmp_path / "no-such-encoder"))
+    results = tmp_path / "results"
+    counts = run_specs([broken, tiny_specs[1]], results, tmp_path / "runs", str(shared_data_dir))
+    assert counts == {OK: 1, FAILED: 1}
+    record = json.loads((results / f"{broken.run_id}.json").read_text())
+    assert record["status"] == FAILED and "no-such-encoder" in record["error"] and "Traceback" in record["traceback"]
+    assert pending([broken], results, retry_failed=False) == []
+    assert pending([broken], results, retry_failed=True) == [broken]
+    text = render(load_records(results))
+    assert broken.run_id in text and "failed" in text
+
+
+def test_report_and_plots_from_real_records(tiny_encoder_dir, tiny_specs, shared_data_dir, tmp_path):
+    from protolm.benchmark.report import write_report
+
+    sst2 = RunSpec("tasks", "sst2", "protolm", BASE_SEED, TINY_BUDGET, str(tiny_encoder_dir), keep_model=True)
+    ablations = [RunSpec("ablations", "sst2", "protolm", BASE_SEED, dataclasses.replace(TINY_BUDGET, faithfulness_samples=None),
+                         str(tiny_encoder_dir), group, f"N={n}", {"num_prototypes": n} if n != 200 else {})
+                 for group, n in (("default", 200), ("prototypes", 2), ("prototypes", 10))]
+    results = tmp_path / "results"
+    assert run_specs([*tiny_specs, sst2, *ablations], results, tmp_path / "runs", str(shared_data_dir)) == {OK: 6, FAILED: 0}
+    written = write_report(results, tmp_path / "tables.md", tmp_path / "plots")
+    text = (tmp_path / "tables.md").read_text()
+    wnli_row = next(line for line in text.splitlines() if line.startswith("| wnli |"))
+    assert "48 of 635 × 1" in wnli_row and any(v in wnli_row for v in ("| win |", "| tie |", "| loss |"))
+    assert "proto-lm: attention" in text and "baseline: gradient×input" in text
+    assert "| prototypes | N=2 |" in text
+    assert {p.name for p in written} == {"tables.md", "accuracy_vs_prototypes.png", "encodings_pca.png"}
+    for path in written[1:]:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_verdict_margin():
+    assert verdict(1.0) == "win" and verdict(0.99) == "tie" and verdict(-0.99) == "tie" and verdict(-1.0) == "loss"
