@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PROTOLM_DATA_DIR ?= $(abspath ../shared/datasets)
 
-.PHONY: install demo test test-fast benchmark clean
+.PHONY: install demo test test-fast benchmark results clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,12 @@ test-fast: install
 
 benchmark: install
 	$(BIN)/python -m pytest -m benchmark -s
+
+# proto-lm against the baseline on the eight tasks and the SST-2 ablations (hours on a CPU;
+# resumable: run it again to go on), then docs/results/tables.md and the plots.
+results: install
+	$(BIN)/protolm benchmark run
+	$(BIN)/protolm benchmark report
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -30,7 +30,7 @@ class ModelOptions:
     max_length: int | None = option(None, "maximum tokens per input; default: the task's (50 for SST, 128 for pairs, 256 for IMDb)")
     num_prototypes: int = option(200, "total prototypes N, split evenly over the classes (at least one each)")
     top_k: float = option(0.5, "K for cohesion/separation: a count, or a fraction (< 1) of the prototypes per class")
-    similarity: str = option("inverse", "prototype similarity: inverse (1/(d+eps), the paper's), log (ProtoPNet), cosine", choices=SIMILARITIES)
+    similarity: str = option("cosine", "prototype similarity: cosine (distance 1 - cos), inverse (1/(d+eps) of the L2 distance, the paper's), log (ProtoPNet's)", choices=SIMILARITIES)
     epsilon: float = option(1e-4, "epsilon of the inverse and log similarities")
     prototype_init: str = option("data", "data: start prototypes at encodings of random training examples of their class; random: uniform [0, 1)", choices=("data", "random"))
     ce_weight: float = option(0.5, "lambda0: weight of cross-entropy")

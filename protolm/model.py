@@ -36,7 +36,7 @@ class ModelConfig:
     is_pair: bool = False
     max_length: int = 128
     prototypes_per_class: int = 100
-    similarity: str = "inverse"
+    similarity: str = "cosine"
     epsilon: float = 1e-4
     dropout: float = 0.1
     uses_token_type_ids: bool = True
