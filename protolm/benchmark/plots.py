@@ -1,5 +1,6 @@
-"""PNG plots from the result files: accuracy against the number of prototypes, and a 2-D PCA
-of SST-2 training encodings with the prototypes and their exemplars marked."""
+"""PNG plots from the result files: accuracy against the number of prototypes, and, for each
+run whose model was kept, a 2-D PCA of SST-2 training encodings with the prototypes and their
+exemplars marked (one per similarity function)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from protolm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 ACCURACY_PLOT = "accuracy_vs_prototypes.png"
-PCA_PLOT = "encodings_pca.png"
+PCA_PLOT = "encodings_pca_{similarity}.png"
 PCA_POINTS = 2000
 
 
@@ -57,18 +58,13 @@ def accuracy_vs_prototypes(records: list[dict], path: Path) -> Path | None:
     return path
 
 
-def encodings_pca(records: list[dict], path: Path) -> Path | None:
-    """Needs the model directory the task suite keeps for SST-2's first proto-lm run."""
-    kept = [r for r in records if r["status"] == OK and r.get("model_dir") and Path(r["model_dir"]).is_dir()]
-    if not kept:
-        log.warning("no kept model directory (the SST-2 proto-lm run keeps one); %s not drawn", path.name)
-        return None
+def encodings_pca(record: dict, path: Path) -> Path:
+    """PCA of the training encodings of a run whose model directory was kept."""
     from protolm.data import DataSource, TextClassificationData, load_split
     from protolm.inference import predict
     from protolm.model import ProtoLM
     from protolm.projection import load_exemplars
 
-    record = kept[0]
     model = ProtoLM.from_pretrained(record["model_dir"])
     task = record["spec"]["task"]
     train = load_split(DataSource(task=task, data_dir=record["settings"]["data"]["data_dir"]), "train").sample(PCA_POINTS, 0)
@@ -79,6 +75,9 @@ def encodings_pca(records: list[dict], path: Path) -> Path | None:
     exemplar_pooled = predict(model, exemplar_data, progress=False).pooled
     prototypes = model.prototypes.vectors.detach().cpu().numpy()
     prototype_class = model.prototype_class.cpu().numpy()
+    if model.config.similarity == "cosine":  # the model compares directions: draw unit vectors
+        unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)  # noqa: E731
+        train_pooled, exemplar_pooled, prototypes = unit(train_pooled), unit(exemplar_pooled), unit(prototypes)
 
     mean = train_pooled.mean(0)
     _, _, components = np.linalg.svd(train_pooled - mean, full_matrices=False)
@@ -101,7 +100,8 @@ def encodings_pca(records: list[dict], path: Path) -> Path | None:
                  label=f"exemplar ({len({e.example_index for e in exemplars})} distinct)")
     axis.set_xlabel("principal component 1")
     axis.set_ylabel("principal component 2")
-    axis.set_title(f"{task}: pooled encodings S of {len(train):,} training examples (PCA)")
+    axis.set_title(f"{task}, {model.config.similarity} similarity (accuracy {100 * record['accuracy']:.1f}): "
+                   f"pooled S of {len(train):,} training examples", fontsize=9)
     axis.legend(fontsize=7, markerscale=1.5, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -111,5 +111,10 @@ def encodings_pca(records: list[dict], path: Path) -> Path | None:
 
 def draw_plots(records: list[dict], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    drawn = [accuracy_vs_prototypes(records, directory / ACCURACY_PLOT), encodings_pca(records, directory / PCA_PLOT)]
+    drawn = [accuracy_vs_prototypes(records, directory / ACCURACY_PLOT)]
+    kept = [r for r in records if r["status"] == OK and r.get("model_dir") and Path(r["model_dir"]).is_dir()]
+    if not kept:
+        log.warning("no kept model directory (the SST-2 ablations keep theirs); no encoding plot drawn")
+    for record in kept:
+        drawn.append(encodings_pca(record, directory / PCA_PLOT.format(similarity=record["settings"]["model"]["similarity"])))
     return [p for p in drawn if p is not None]

@@ -105,13 +105,21 @@ def read_record(path: Path) -> dict | None:
         return None
 
 
+def _same_settings(recorded: dict | None, spec: RunSpec) -> bool:
+    """Whether a record was made with this spec's settings (keeping the model changes nothing)."""
+    ignore = ("keep_model",)
+    current = spec.as_dict()
+    return recorded is not None and {k: v for k, v in recorded.items() if k not in ignore} == {
+        k: v for k, v in current.items() if k not in ignore}
+
+
 def pending(specs: list[RunSpec], results_dir: Path, retry_failed: bool) -> list[RunSpec]:
     """The specs still to run: no record, an interrupted one, one recorded with other
     settings (a changed budget, say), or (when asked) a failed one."""
     todo = []
     for spec in specs:
         record = read_record(results_dir / f"{spec.run_id}.json")
-        status = record.get("status") if record and record.get("spec") == spec.as_dict() else None
+        status = record.get("status") if record and _same_settings(record.get("spec"), spec) else None
         if status == OK or (status == FAILED and not retry_failed):
             continue
         todo.append(spec)

@@ -67,7 +67,7 @@ class RunSpec:
     group: str = "main"  # ablation group; "main" for the task suite
     label: str = "default"
     overrides: dict = field(default_factory=dict)
-    keep_model: bool = False  # keep the model directory (for the plots)
+    keep_model: bool = False  # keep the model directory: the plots draw its encodings
 
     @property
     def run_id(self) -> str:
@@ -91,8 +91,7 @@ def task_suite(profile: str, tasks: list[str] | None = None, encoder: str = "min
     still covers every task."""
     budgets = _profile(profile)
     return [
-        RunSpec("tasks", task, architecture, BASE_SEED + s, budgets[task], encoder,
-                keep_model=(task == ABLATION_TASK and architecture == "protolm" and s == 0))
+        RunSpec("tasks", task, architecture, BASE_SEED + s, budgets[task], encoder)
         for s in range(max(b.seeds for b in budgets.values()))
         for task in _tasks(tasks)
         if s < budgets[task].seeds
@@ -103,7 +102,8 @@ def task_suite(profile: str, tasks: list[str] | None = None, encoder: str = "min
 def ablation_suite(profile: str, encoder: str = "minilm") -> list[RunSpec]:
     _profile(profile)
     return [
-        RunSpec("ablations", ABLATION_TASK, "protolm", BASE_SEED, ABLATION_BUDGET[profile], encoder, group, label, overrides)
+        RunSpec("ablations", ABLATION_TASK, "protolm", BASE_SEED, ABLATION_BUDGET[profile], encoder, group, label, overrides,
+                keep_model=group == "default" or "similarity" in overrides)
         for group, label, overrides in ABLATIONS
     ]
 

@@ -150,19 +150,21 @@ def test_a_crashed_run_is_recorded_and_the_suite_goes_on(tiny_specs, shared_data
 def test_report_and_plots_from_real_records(tiny_encoder_dir, tiny_specs, shared_data_dir, tmp_path):
     from protolm.benchmark.report import write_report
 
-    sst2 = RunSpec("tasks", "sst2", "protolm", BASE_SEED, TINY_BUDGET, str(tiny_encoder_dir), keep_model=True)
-    ablations = [RunSpec("ablations", "sst2", "protolm", BASE_SEED, dataclasses.replace(TINY_BUDGET, faithfulness_samples=None),
-                         str(tiny_encoder_dir), group, f"N={n}", {"num_prototypes": n} if n != 200 else {})
-                 for group, n in (("default", 200), ("prototypes", 2), ("prototypes", 10))]
+    budget = dataclasses.replace(TINY_BUDGET, faithfulness_samples=None)
+    ablations = [RunSpec("ablations", "sst2", "protolm", BASE_SEED, budget, str(tiny_encoder_dir), group, label, overrides,
+                         keep_model=group in ("default", "similarity"))
+                 for group, label, overrides in (("default", "N=200", {}), ("prototypes", "N=2", {"num_prototypes": 2}),
+                                                 ("prototypes", "N=10", {"num_prototypes": 10}),
+                                                 ("similarity", "inverse", {"similarity": "inverse"}))]
     results = tmp_path / "results"
-    assert run_specs([*tiny_specs, sst2, *ablations], results, tmp_path / "runs", str(shared_data_dir)) == {OK: 6, FAILED: 0}
+    assert run_specs([*tiny_specs, *ablations], results, tmp_path / "runs", str(shared_data_dir)) == {OK: 6, FAILED: 0}
     written = write_report(results, tmp_path / "tables.md", tmp_path / "plots")
     text = (tmp_path / "tables.md").read_text()
     wnli_row = next(line for line in text.splitlines() if line.startswith("| wnli |"))
     assert "48 of 635 × 1" in wnli_row and any(v in wnli_row for v in ("| win |", "| tie |", "| loss |"))
     assert "proto-lm: attention" in text and "baseline: gradient×input" in text
     assert "| prototypes | N=2 |" in text
-    assert {p.name for p in written} == {"tables.md", "accuracy_vs_prototypes.png", "encodings_pca.png"}
+    assert {p.name for p in written} == {"tables.md", "accuracy_vs_prototypes.png", "encodings_pca_cosine.png", "encodings_pca_inverse.png"}
     for path in written[1:]:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
