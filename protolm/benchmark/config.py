@@ -17,7 +17,7 @@ class BenchmarkConfig:
     profile: str = option("cpu", "budgets: cpu (seeded subsets, 1-2 epochs) or full (every training example, 3 epochs)", choices=tuple(PROFILES))
     encoder: str = option("minilm", "encoder of both models: packaged name, local directory or hub name")
     results_dir: str = option(f"{RESULTS_DIR}/runs", "one JSON result file per run; existing ok results are not run again")
-    runs_dir: str = option("runs/benchmark", "model directories; each is deleted after its run except the one the plots use")
+    runs_dir: str = option("runs/benchmark", "model directories; each is deleted after its run, except those the PCA plots draw (SST-2 ablations of each similarity)")
     data_dir: str | None = option(None, "directory with <task>/<split>.jsonl.gz files (default: $PROTOLM_DATA_DIR)")
     retry_failed: bool = option(False, "run failed runs again (interrupted runs are always run again)")
     dry_run: bool = option(False, "list the runs still to do, and stop")

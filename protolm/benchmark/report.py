@@ -53,6 +53,12 @@ def _size(part: dict) -> str:
     return f"{part['examples']:,}"
 
 
+def majority_share(confusion: list[list[int]]) -> float:
+    """Accuracy of always predicting the test set's most frequent class."""
+    counts = [sum(row) for row in confusion]
+    return max(counts) / sum(counts)
+
+
 def task_rows(records: list[dict]) -> list[dict]:
     """One row per task: both models' accuracy and macro-F1 over their ok seeds."""
     tasks = [r for r in records if r["spec"]["suite"] == "tasks"]
@@ -72,15 +78,16 @@ def task_rows(records: list[dict]) -> list[dict]:
 
 def accuracy_table(records: list[dict]) -> str:
     lines = [
-        "| task | protocol | train examples × epochs | test examples | seeds | proto-lm accuracy | baseline accuracy | Δ (points) | proto-lm macro-F1 | baseline macro-F1 | verdict | minutes per run (proto-lm / baseline) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| task | protocol | train examples × epochs | test examples | seeds | proto-lm accuracy | baseline accuracy | Δ (points) | proto-lm macro-F1 | baseline macro-F1 | verdict | majority class | minutes per run (proto-lm / baseline) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     notes = []
     for row in task_rows(records):
         runs = row["runs"]
         any_run = next((r for a in ARCHITECTURES for r in runs[a]), None)
         if any_run is None:
-            lines.append(f"| {row['task']} | | | | 0 | crashed | crashed | | | | no result | |")
+            state = "failed" if any(r["status"] == "failed" for r in row["failed"]) else "not finished"
+            lines.append(f"| {row['task']} | | | | 0 | {state} | {state} | | | | no result | | |")
             continue
         protocol = any_run["protocol"]
         mark = "" if protocol == STANDARD else " †"
@@ -89,6 +96,7 @@ def accuracy_table(records: list[dict]) -> str:
         data = any_run["data"]
         seeds = min(len(runs[a]) for a in ARCHITECTURES)
         delta = row.get("delta")
+        majority = majority_share(any_run["confusion"])
         minutes = " / ".join(
             f"{statistics.mean(r['total_seconds'] for r in runs[a]) / 60:.1f}" if runs[a] else "–" for a in ARCHITECTURES
         )
@@ -98,9 +106,18 @@ def accuracy_table(records: list[dict]) -> str:
             f"| {_mean_std([r['accuracy'] for r in runs['protolm']])} | {_mean_std([r['accuracy'] for r in runs['baseline']])} "
             f"| {'–' if delta is None else f'{delta:+.1f}'} "
             f"| {_mean_std([r['macro_f1'] for r in runs['protolm']])} | {_mean_std([r['macro_f1'] for r in runs['baseline']])} "
-            f"| {'–' if delta is None else verdict(delta)} | {minutes} |"
+            f"| {_verdict_cell(row, majority)} | {100 * majority:.1f} | {minutes} |"
         )
     return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _verdict_cell(row: dict, majority: float) -> str:
+    if "delta" not in row:
+        return "–"
+    means = [statistics.mean(r["accuracy"] for r in row["runs"][a]) for a in ARCHITECTURES]
+    if max(means) <= majority + MARGIN_POINTS / 100:
+        return "no signal: neither beats the majority class"
+    return verdict(row["delta"])
 
 
 def _faithfulness(runs: list[dict], metric: str, ranking: str, fraction: float | None) -> list[float]:

@@ -161,12 +161,27 @@ def test_report_and_plots_from_real_records(tiny_encoder_dir, tiny_specs, shared
     written = write_report(results, tmp_path / "tables.md", tmp_path / "plots")
     text = (tmp_path / "tables.md").read_text()
     wnli_row = next(line for line in text.splitlines() if line.startswith("| wnli |"))
-    assert "48 of 635 × 1" in wnli_row and any(v in wnli_row for v in ("| win |", "| tie |", "| loss |"))
+    assert "48 of 635 × 1" in wnli_row and any(v in wnli_row for v in ("| win |", "| tie |", "| loss |", "| no signal"))
     assert "proto-lm: attention" in text and "baseline: gradient×input" in text
     assert "| prototypes | N=2 |" in text
     assert {p.name for p in written} == {"tables.md", "accuracy_vs_prototypes.png", "encodings_pca_cosine.png", "encodings_pca_inverse.png"}
     for path in written[1:]:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_report_says_no_signal_when_neither_model_beats_the_majority_class():
+    from protolm.benchmark.report import accuracy_table
+
+    def record(architecture, accuracy):
+        spec = RunSpec("tasks", "rte", architecture, BASE_SEED, TINY_BUDGET).as_dict()
+        return {"spec": spec, "status": OK, "protocol": protocols.STANDARD, "accuracy": accuracy, "macro_f1": accuracy,
+                "confusion": [[60, 0], [40, 0]], "total_seconds": 60.0,
+                "data": {"train": {"name": "rte:train", "examples": 48}, "test": {"name": "rte:validation", "examples": 100}}}
+
+    chance = accuracy_table([record("protolm", 0.55), record("baseline", 0.6)])
+    assert "no signal" in chance and "| 60.0 |" in chance  # majority class: 60 of 100
+    learned = accuracy_table([record("protolm", 0.70), record("baseline", 0.75)])
+    assert "| -5.0 |" in learned and "| loss |" in learned
 
 
 def test_verdict_margin():
