@@ -106,11 +106,14 @@ def read_record(path: Path) -> dict | None:
 
 
 def _same_settings(recorded: dict | None, spec: RunSpec) -> bool:
-    """Whether a record was made with this spec's settings (keeping the model changes nothing)."""
-    ignore = ("keep_model",)
-    current = spec.as_dict()
-    return recorded is not None and {k: v for k, v in recorded.items() if k not in ignore} == {
-        k: v for k, v in current.items() if k not in ignore}
+    """Whether a record was made with this spec's settings. Keeping the model and the suite's
+    number of seeds change nothing about one run."""
+
+    def relevant(values: dict) -> dict:
+        budget = {k: v for k, v in values["budget"].items() if k != "seeds"}
+        return {**{k: v for k, v in values.items() if k != "keep_model"}, "budget": budget}
+
+    return recorded is not None and relevant(recorded) == relevant(spec.as_dict())
 
 
 def pending(specs: list[RunSpec], results_dir: Path, retry_failed: bool) -> list[RunSpec]:

@@ -26,7 +26,7 @@ class TaskBudget:
 
 
 CPU_BUDGETS: dict[str, TaskBudget] = {
-    "sst2": TaskBudget(4000, 1, 3, faithfulness_samples=100),
+    "sst2": TaskBudget(4000, 1, 1, faithfulness_samples=100),
     "sst5": TaskBudget(3000, 1, 3, faithfulness_samples=100),
     "rte": TaskBudget(1500, 1, 3, faithfulness_samples=100),
     "wnli": TaskBudget(None, 2, 3, faithfulness_samples=71),
