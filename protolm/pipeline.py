@@ -47,20 +47,21 @@ def _accuracy_from_pooled(model: ProtoLM, pooled: np.ndarray, labels: np.ndarray
     return classification_metrics(labels, logits.argmax(1), model.config.num_classes).accuracy
 
 
-def _project(model: ProtoLM, train: TextClassificationData, validation: TextClassificationData, config: TrainConfig, output_dir: Path) -> dict:
-    """Projection (and push, when asked); returns what it measured."""
+def _project(model: ProtoLM, train: TextClassificationData, test: TextClassificationData, config: TrainConfig, output_dir: Path) -> dict:
+    """Projection (and push, when asked, with accuracy on ``test`` before and after); returns
+    what it measured."""
     batch = config.optim.eval_batch_size
     train_pooled = predict(model, train, batch).pooled
     exemplars = project_prototypes(model, train, train_pooled)
     report: dict = {}
     if config.optim.push:
-        validation_pooled = predict(model, validation, batch).pooled
-        report["accuracy_before_push"] = _accuracy_from_pooled(model, validation_pooled, validation.labels)
+        test_pooled = predict(model, test, batch).pooled
+        report["accuracy_before_push"] = _accuracy_from_pooled(model, test_pooled, test.labels)
         push(model, train_pooled, train.labels, exemplars, config.optim.push_epochs, config.optim.seed)
-        report["accuracy_after_push"] = _accuracy_from_pooled(model, validation_pooled, validation.labels)
+        report["accuracy_after_push"] = _accuracy_from_pooled(model, test_pooled, test.labels)
         exemplars = project_prototypes(model, train, train_pooled)
         model.save_pretrained(output_dir)
-        log.info("push: validation accuracy %.4f -> %.4f", report["accuracy_before_push"], report["accuracy_after_push"])
+        log.info("push: accuracy %.4f -> %.4f on %s", report["accuracy_before_push"], report["accuracy_after_push"], test.name)
     save_exemplars(output_dir, exemplars, source=train.name)
     return report
 
@@ -72,10 +73,10 @@ def run_training(
     unless ``splits`` gives it."""
     splits = splits or Splits(*load_train_validation(config.data, config.optim.seed))
     train, validation = splits.train, splits.validation
+    test = splits.test or validation
     model, output_dir, summary = train_model(config, train, validation)
     if isinstance(model, ProtoLM) and config.optim.project:
-        summary["projection"] = _project(model, train, validation, config, output_dir)
-    test = splits.test or validation
+        summary["projection"] = _project(model, train, test, config, output_dir)
     summary["test"] = {"name": test.name, "examples": len(test)}
     report = evaluate(
         model,

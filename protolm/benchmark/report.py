@@ -14,7 +14,7 @@ from pathlib import Path
 
 from protolm.benchmark.protocols import STANDARD
 from protolm.benchmark.runner import OK, load_records
-from protolm.benchmark.suites import ARCHITECTURES, TASK_ORDER
+from protolm.benchmark.suites import ABLATIONS, ARCHITECTURES, TASK_ORDER
 
 MARGIN_POINTS = 1.0
 FAITHFULNESS_AT = 0.2
@@ -168,7 +168,10 @@ def faithfulness_detail(records: list[dict]) -> str:
 
 
 def ablation_rows(records: list[dict]) -> list[dict]:
-    return [r for r in records if r["spec"]["suite"] == "ablations"]
+    """The ablation records in the suite's order."""
+    order = {(group, label): position for position, (group, label, _) in enumerate(ABLATIONS)}
+    rows = [r for r in records if r["spec"]["suite"] == "ablations"]
+    return sorted(rows, key=lambda r: order.get((r["spec"]["group"], r["spec"]["label"]), len(order)))
 
 
 def ablation_table(records: list[dict]) -> str:

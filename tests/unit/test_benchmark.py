@@ -186,3 +186,12 @@ def test_report_says_no_signal_when_neither_model_beats_the_majority_class():
 
 def test_verdict_margin():
     assert verdict(1.0) == "win" and verdict(0.99) == "tie" and verdict(-0.99) == "tie" and verdict(-1.0) == "loss"
+
+
+def test_push_is_measured_on_the_test_data_not_the_selection_split(tiny_encoder_dir, shared_data_dir, tmp_path):
+    spec = RunSpec("ablations", "sst2", "protolm", BASE_SEED, dataclasses.replace(TINY_BUDGET, faithfulness_samples=None),
+                   str(tiny_encoder_dir), "push", "with push", {"push": True})
+    run_specs([spec], tmp_path / "results", tmp_path / "runs", str(shared_data_dir))
+    (record,) = load_records(tmp_path / "results")
+    assert record["data"]["selection"]["examples"] == protocols.SELECTION_SAMPLES != record["data"]["test"]["examples"]
+    assert record["projection"]["accuracy_after_push"] == pytest.approx(record["accuracy"])
