@@ -112,7 +112,8 @@ def encodings_pca(record: dict, path: Path) -> Path:
 def draw_plots(records: list[dict], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     drawn = [accuracy_vs_prototypes(records, directory / ACCURACY_PLOT)]
-    kept = [r for r in records if r["status"] == OK and r.get("model_dir") and Path(r["model_dir"]).is_dir()]
+    kept = [r for r in records if r["spec"]["suite"] == "ablations" and r["status"] == OK
+            and r.get("model_dir") and Path(r["model_dir"]).is_dir()]
     if not kept:
         log.warning("no kept model directory (the SST-2 ablations keep theirs); no encoding plot drawn")
     for record in kept:
