@@ -25,6 +25,7 @@ from service.bundle import (
     manifest_bytes,
     parse_manifest,
 )
+from service.engine import ExampleLookup
 
 BUNDLE_FILES = [TOKENIZER_FILE, *VARIANT_FILES.values(), PROTOTYPE_INDEX_FILE, EXAMPLE_INDEX_FILE, EXAMPLES_FILE, EXAMPLE_OFFSETS_FILE, EXEMPLARS_FILE]
 
@@ -63,7 +64,8 @@ def test_manifest_describes_the_bundle(tiny_bundle, tiny_model_dir):
     assert [v["name"] for v in manifest["variants"]] == ["fp32", "optimized", "int8", "fp16"]
     for variant in manifest["variants"]:
         assert 0.0 <= variant["accuracy"] <= 1.0 and variant["servable"] == (variant["agreement"] >= 0.99)
-    assert manifest["indexes"]["examples"] == {"file": EXAMPLE_INDEX_FILE, "kind": "flat", "metric": "l2", "count": 60, "recall_at_10": 1.0}
+    # the default cosine similarity: unit vectors, inner products
+    assert manifest["indexes"]["examples"] == {"file": EXAMPLE_INDEX_FILE, "kind": "flat", "metric": "cosine", "count": 60, "recall_at_10": 1.0}
 
 
 def test_bundle_parts_match_the_model(tiny_bundle, tiny_model_dir):
@@ -86,8 +88,9 @@ def test_bundle_parts_match_the_model(tiny_bundle, tiny_model_dir):
     row = store[7]
     assert row["text"] == "lovely number 7" and bundle.labels[row["label"]] == "positive" and row["split"] == "train.csv"
     example_feeds = bundle.encode([row["text"]])
-    distances, ids = bundle.example_index().search(session.run(["pooled"], example_feeds)[0], 1)
-    assert ids[0, 0] == 7 and distances[0, 0] < 1e-6
+    lookup = ExampleLookup(bundle.example_index(), store.__getitem__, bundle.indexes["examples"].metric, "examples")
+    ((nearest_row, distance),) = lookup.search(session.run(["pooled"], example_feeds)[0], 1)[0]
+    assert nearest_row["text"] == row["text"] and distance == pytest.approx(0.0, abs=1e-5)
 
     exemplars = load_exemplars(tiny_model_dir)
     assert [e["example_id"] for e in bundle.exemplars] == [e.example_index for e in exemplars]
