@@ -92,26 +92,33 @@ TINY_POSITIVE = ["good", "great fun", "fine acting", "lovely", "superb work", "a
 TINY_NEGATIVE = ["bad", "awful mess", "boring plot", "terrible", "weak", "a dull and lifeless film", "badly written"]
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tiny_encoder_dir, tmp_path_factory) -> Path:
-    """A complete model directory (training.json, exemplars.json) in seconds: proto-lm on the
-    tiny encoder, trained by `run_training` for one epoch on a 60-row CSV with a 30-row
-    validation CSV."""
+def write_tiny_csvs(directory: Path, train_rows: int, validation_rows: int) -> dict[str, Path]:
+    """train.csv and validation.csv (text, label) of alternating negative / positive phrases,
+    each row numbered so no two texts are equal; returns {split: path}."""
     import csv
 
-    from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
-    from protolm.pipeline import EvalConfig, run_training
-
-    root = tmp_path_factory.mktemp("tiny-model")
     files = {}
-    for split, rows in (("train", 60), ("validation", 30)):
-        files[split] = root / f"{split}.csv"
+    for split, rows in (("train", train_rows), ("validation", validation_rows)):
+        files[split] = directory / f"{split}.csv"
         with open(files[split], "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["text", "label"])
             for i in range(rows):
                 words = TINY_POSITIVE if i % 2 else TINY_NEGATIVE
                 writer.writerow([f"{words[(i // 2) % len(words)]} number {i}", "positive" if i % 2 else "negative"])
+    return files
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_encoder_dir, tmp_path_factory) -> Path:
+    """A complete model directory (training.json, exemplars.json) in seconds: proto-lm on the
+    tiny encoder, trained by `run_training` for one epoch on a 60-row CSV with a 30-row
+    validation CSV."""
+    from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
+    from protolm.pipeline import EvalConfig, run_training
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    files = write_tiny_csvs(root, train_rows=60, validation_rows=30)
     config = TrainConfig(
         data=DataConfig(train_file=str(files["train"]), validation_file=str(files["validation"])),
         model=ModelOptions(encoder=str(tiny_encoder_dir), num_prototypes=6, max_length=32),

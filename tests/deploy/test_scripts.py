@@ -1,7 +1,6 @@
 """The scripts the images run: deploy/bundle-init.sh (the training image's entrypoint) and
 deploy/serve_requirements.py (what deploy/install-serve.sh installs for each serving image)."""
 
-import csv
 import importlib.util
 import os
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_tiny_csvs
 from tests.deploy.deploy_helpers import DEPLOY, REPO
 
 
@@ -125,15 +125,7 @@ def test_serving_requirements_swap_in_the_gpu_builds():
 @pytest.mark.slow
 def test_bundle_init_really_trains_and_exports_a_bundle_the_server_can_load(tiny_encoder_dir, tmp_path):
     """The real `protolm train` and `protolm export` through the script, on a tiny model."""
-    files = {}
-    for split, rows in (("train", 40), ("validation", 20)):
-        files[split] = tmp_path / f"{split}.csv"
-        with open(files[split], "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["text", "label"])
-            for i in range(rows):
-                good = i % 2
-                writer.writerow([f"{'a fine and lovely film' if good else 'a dull and boring mess'} {i}", "positive" if good else "negative"])
+    files = write_tiny_csvs(tmp_path, train_rows=40, validation_rows=20)
     bundle = tmp_path / "bundles" / "default"
     args = ["--train-file", str(files["train"]), "--validation-file", str(files["validation"]), "--encoder", str(tiny_encoder_dir),
             "--num-prototypes", "4", "--max-length", "32", "--epochs", "1", "--batch-size", "16", "--faithfulness", "false"]
