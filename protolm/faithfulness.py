@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from protolm.data import TextClassificationData
-from protolm.model import EncoderClassifier
+from protolm.model import ClassifierOutput, EncoderClassifier
 
 FRACTIONS = (0.01, 0.05, 0.10, 0.20, 0.50)
 RANDOM = "random"
@@ -43,19 +43,19 @@ class Faithfulness:
         return getattr(self, metric)[ranking][self.fractions.index(fraction)]
 
 
-def attention_scores(model: EncoderClassifier, batch: dict) -> np.ndarray:
-    with torch.inference_mode():
-        attention = model(**batch).token_attention
-    if attention is None:
+def attention_scores(model: EncoderClassifier, batch: dict, output: ClassifierOutput) -> np.ndarray:
+    """The token attention of the forward pass already made on ``batch``."""
+    if output.token_attention is None:
         raise ValueError("the attention ranking needs a model with token attention (proto-lm)")
-    return attention.float().cpu().numpy()
+    return output.token_attention.float().cpu().numpy()
 
 
-def gradient_x_input_scores(model: EncoderClassifier, batch: dict) -> np.ndarray:
+def gradient_x_input_scores(model: EncoderClassifier, batch: dict, output: ClassifierOutput | None = None) -> np.ndarray:
     """L2 norm over the hidden dimensions of (d log p(predicted) / d e_t) * e_t, e_t the token's
     word embedding. The norm, not the signed sum: the embeddings pass a LayerNorm, which is
     blind to their scale, so the signed sum measures position and type embeddings rather than
-    the word (on SST-2 it ranked below random)."""
+    the word (on SST-2 it ranked below random). ``output`` is unused: this needs its own pass
+    with gradients."""
     captured: list[torch.Tensor] = []
     hook = model.encoder.get_input_embeddings().register_forward_hook(lambda _m, _i, output: captured.append(output))
     try:
@@ -68,7 +68,8 @@ def gradient_x_input_scores(model: EncoderClassifier, batch: dict) -> np.ndarray
     return (gradient * captured[0]).norm(dim=-1).detach().float().cpu().numpy()
 
 
-RANKERS: dict[str, Callable[[EncoderClassifier, dict], np.ndarray]] = {
+# name -> scores per token, from the model, the batch and the batch's (gradient-free) output
+RANKERS: dict[str, Callable[[EncoderClassifier, dict, ClassifierOutput], np.ndarray]] = {
     "attention": attention_scores,
     "gradient_x_input": gradient_x_input_scores,
 }
@@ -121,7 +122,8 @@ def evaluate_faithfulness(
         encoded = model.tokenize(texts, pairs)
         batch = {k: v.to(device) for k, v in encoded.items()}
         with torch.inference_mode():
-            probabilities = torch.softmax(model(**batch).logits.float(), dim=-1)
+            output = model(**batch)
+        probabilities = torch.softmax(output.logits.float(), dim=-1)
         predicted = probabilities.argmax(-1)
         original = probabilities.gather(1, predicted[:, None]).squeeze(1)
 
@@ -134,7 +136,7 @@ def evaluate_faithfulness(
             if ranking == RANDOM:
                 ranked = [rng.permutation(c) for c in content]
             else:
-                scores = RANKERS[ranking](model, batch)
+                scores = RANKERS[ranking](model, batch, output)
                 ranked = [c[np.argsort(-scores[row][c], kind="stable")] for row, c in enumerate(content)]
             for f, fraction in enumerate(fractions):
                 tops = [set(r[: max(1, math.ceil(fraction * len(r)))].tolist()) for r in ranked]

@@ -73,7 +73,7 @@ def run_training(
     unless ``splits`` gives it."""
     splits = splits or Splits(*load_train_validation(config.data, config.optim.seed))
     train, validation = splits.train, splits.validation
-    test = splits.test or validation
+    test = splits.test if splits.test is not None else validation
     model, output_dir, summary = train_model(config, train, validation)
     if isinstance(model, ProtoLM) and config.optim.project:
         summary["projection"] = _project(model, train, test, config, output_dir)

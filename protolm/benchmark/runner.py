@@ -23,6 +23,7 @@ from protolm.benchmark.protocols import load_task_data
 from protolm.benchmark.suites import PUSH_OVERRIDES, RunSpec
 from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
 from protolm.pipeline import EvalConfig, run_training
+from protolm.training import TRAINING_FILE
 
 log = logging.getLogger(__name__)
 OK, FAILED, RUNNING = "ok", "failed", "running"
@@ -68,10 +69,10 @@ def execute(spec: RunSpec, runs_dir: Path, data_dir: str | None) -> dict:
     started = time.perf_counter()
     _, _, report = run_training(config, eval_config, task_data.splits)
     seconds = time.perf_counter() - started
-    summary = json.loads((output_dir / "training.json").read_text())
+    summary = json.loads((output_dir / TRAINING_FILE).read_text())
     if not spec.keep_model:
         shutil.rmtree(output_dir, ignore_errors=True)
-    splits = task_data.splits
+    splits, evaluation = task_data.splits, report.as_dict()
     return {
         "protocol": task_data.protocol,
         "data": {
@@ -80,11 +81,7 @@ def execute(spec: RunSpec, runs_dir: Path, data_dir: str | None) -> dict:
             "test": {"name": splits.test.name, "examples": len(splits.test), "available": task_data.test_available},
         },
         "settings": summary["config"],
-        "accuracy": report.metrics.accuracy,
-        "macro_f1": report.metrics.macro_f1,
-        "confusion": report.metrics.confusion,
-        "faithfulness": report.faithfulness.as_dict() if report.faithfulness else None,
-        "prototypes": vars(report.prototypes) if report.prototypes else None,
+        **{key: evaluation[key] for key in ("accuracy", "macro_f1", "confusion", "faithfulness", "prototypes")},
         "projection": summary.get("projection"),
         "training_seconds": summary["training_seconds"],
         "total_seconds": seconds,
