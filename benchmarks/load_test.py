@@ -57,14 +57,14 @@ def raw_throughput(bundle_dir: str, texts: list[str], variant: str | None, secon
     sees from independent callers) and ``sorted`` (cut from the length-sorted sentences: the
     least padding any batcher could reach)."""
     from service.backend import OnnxBackend
-    from service.bundle import Bundle
+    from service.served_bundle import ServedBundle
     from service.preprocess import InputLimits, Preprocessor, TextInput
 
-    bundle = Bundle.load(bundle_dir)
+    bundle = ServedBundle.load(bundle_dir)
     chosen = bundle.choose_variant("cpu", variant)
     session = bundle.session(chosen, OnnxBackend.providers(False), OnnxBackend.session_options())
-    backend = OnnxBackend(session, False, bundle.manifest["architecture"]["uses_token_type_ids"])
-    encoded = Preprocessor(bundle.tokenizer(), bundle.is_pair, InputLimits(10**6, 10**6)).encode([TextInput(t) for t in texts])
+    backend = OnnxBackend(session, False, bundle.manifest.architecture.uses_token_type_ids)
+    encoded = Preprocessor(bundle.tokenizer(), bundle.manifest.is_pair, InputLimits(10**6, 10**6)).encode([TextInput(t) for t in texts])
     backend.warmup()
     by_length = sorted(encoded, key=lambda e: e.length)
     shuffled = [encoded[i] for i in np.random.default_rng(0).permutation(len(encoded))]
@@ -188,7 +188,7 @@ def main() -> None:
     port = free_port()
     env = {"PROTOLM_PORT": str(port), "PROTOLM_HOST": "127.0.0.1", "PROTOLM_METRICS_PORT": "-1", "PROTOLM_VARIANT": variant,
            "PROTOLM_MAX_QUEUE_SIZE": "4096", "PROTOLM_MAX_BATCH_SIZE": str(max(best_batch, 32))}
-    service = start([sys.executable, "-m", "protolm.cli", "--log-level", "WARNING", "serve", args.bundle_dir], env, port)
+    service = start([sys.executable, "-m", "cli.main", "--log-level", "WARNING", "serve", args.bundle_dir], env, port)
     rows = run_server_phase("service", service, port, ("Classify", "Explain"), texts, args.seconds)
 
     print("naive PyTorch baseline:", flush=True)

@@ -1,4 +1,4 @@
 """Export: turn a trained model directory into a serving bundle (``docs/bundle-format.md``).
 
-Needs torch (``protolm[export]``); it writes the format that ``service.bundle`` defines and reads.
+Needs torch (``protolm[export]``); it writes the format that ``core.bundle`` defines; ``service`` reads it.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from export.indexes import INDEX_KINDS
-from protolm.options import option
+from core.options import option
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from protolm.errors import ConfigError
+from core.errors import ConfigError
 from protolm.model import EncoderClassifier, ProtoLM
-from service.bundle import INPUT_NAMES, OUTPUT_NAMES
+from core.bundle import GRAPH_OUTPUTS
+from core.graph_inputs import INPUT_NAMES
 
 MIN_OPSET = 17
 # The example input the exporter runs; no test uses this shape, so a shape baked into the
@@ -26,7 +27,7 @@ TRACE_BATCH, TRACE_LENGTH = 5, 13
 
 
 class ServingGraph(nn.Module):
-    """The model with the outputs of ``OUTPUT_NAMES``, in that order."""
+    """The model with the outputs of ``GRAPH_OUTPUTS``, in that order."""
 
     def __init__(self, model: ProtoLM):
         super().__init__()
@@ -71,7 +72,7 @@ def export_graph(model: EncoderClassifier, path: str | Path, opset: int = MIN_OP
     path = Path(path)
     inputs = graph_inputs(model)
     dynamic = {name: {0: "batch", 1: "sequence"} for name in inputs}
-    dynamic.update({name: {0: "batch"} for name in OUTPUT_NAMES})
+    dynamic.update({name: {0: "batch"} for name in GRAPH_OUTPUTS})
     dynamic["token_attention"] = {0: "batch", 1: "sequence"}
     attention = model.encoder.config._attn_implementation
     model.encoder.set_attn_implementation("eager")  # see the module docstring
@@ -85,7 +86,7 @@ def export_graph(model: EncoderClassifier, path: str | Path, opset: int = MIN_OP
                 dynamo=False,
                 opset_version=opset,
                 input_names=list(inputs),
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(GRAPH_OUTPUTS),
                 dynamic_axes=dynamic,
                 do_constant_folding=True,
             )

@@ -13,18 +13,18 @@ the predictions is not servable.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from core.bundle import VARIANT_DEVICES, VARIANT_FILES, Variant
+from core.errors import BundleError
+from core.graph_inputs import encode_batch
 from export.onnx_graph import head_scopes
 from protolm.data import TextClassificationData
-from protolm.errors import BundleError
 from protolm.model import ProtoLM
-from service.bundle import VARIANT_DEVICES, VARIANT_FILES, encode_batch
 
 log = logging.getLogger(__name__)
 OPTIONAL_VARIANTS = ("optimized", "int8", "fp16")
@@ -32,19 +32,6 @@ OPTIONAL_VARIANTS = ("optimized", "int8", "fp16")
 # says so (``measured_on``); CUDA kernels round differently, so fp16 on a GPU is not
 # guaranteed to give exactly the recorded figures.
 MEASURE_PROVIDERS = ("CPUExecutionProvider",)
-
-
-@dataclass(frozen=True)
-class VariantEntry:
-    """One ``variants`` entry of the manifest."""
-
-    name: str
-    file: str
-    device: str
-    accuracy: float
-    agreement: float
-    servable: bool
-    measured_on: str
 
 
 def length_sorted_batches(tokenizer, data: TextClassificationData, input_names: Sequence[str], batch_size: int) -> list[tuple[np.ndarray, dict]]:
@@ -69,10 +56,10 @@ def predicted_labels(path: Path, batches: list[tuple[np.ndarray, dict]], progres
     return labels
 
 
-def measure(name: str, path: Path, batches, labels: np.ndarray, reference: np.ndarray, min_agreement: float, progress: bool) -> VariantEntry:
+def measure(name: str, path: Path, batches, labels: np.ndarray, reference: np.ndarray, min_agreement: float, progress: bool) -> Variant:
     predicted = predicted_labels(path, batches, progress)
     agreement = float((predicted == reference).mean())
-    return VariantEntry(
+    return Variant(
         name=name,
         file=path.name,
         device=VARIANT_DEVICES[name],
@@ -145,7 +132,7 @@ def build_variants(
     reference: np.ndarray,
     min_agreement: float,
     progress: bool = True,
-) -> list[dict]:
+) -> list[Variant]:
     """Manifest entries for fp32 and every variant written; fails when fp32 itself disagrees."""
     fp32 = directory / VARIANT_FILES["fp32"]
     entries = [measure("fp32", fp32, batches, labels, reference, min_agreement, progress)]
@@ -157,4 +144,4 @@ def build_variants(
         entries.append(measure(name, directory / VARIANT_FILES[name], batches, labels, reference, min_agreement, progress))
     for entry in entries:
         log.info("variant %-9s accuracy %.4f agreement %.4f servable %s", entry.name, entry.accuracy, entry.agreement, entry.servable)
-    return [asdict(entry) for entry in entries]
+    return entries

@@ -1,30 +1,21 @@
-"""``protolm train``, ``protolm evaluate`` and ``protolm explain``."""
+"""``protolm train`` and ``protolm evaluate``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
-from protolm.options import add_options, from_namespace
-from service.commands import add_client_options, add_explain_arguments, use_colour  # argparse only: no grpc import
+from core.explanation import DEFAULT_TOP_PROTOTYPES
+from core.options import add_options, from_namespace
+from protolm.config import DataConfig, EvalConfig, ModelOptions, OptimConfig, TrainConfig
 
 DEMO_SENTENCE = "a gripping, beautifully acted film that never loses its nerve"
 
 
-def _print_explanations(model, texts: list[str], pairs: list[str] | None, exemplars, top: int, colour: bool) -> None:
-    from protolm.explain import explain_texts
-    from protolm.rendering import render
-
-    for explanation in explain_texts(model, texts, pairs, exemplars, top_prototypes=top):
-        print(render(explanation, colour=colour))
-        print()
-
-
 def _train(args: argparse.Namespace) -> int:
-    from protolm.pipeline import EvalConfig, run_training
+    from protolm.explain import render_explanations
+    from protolm.pipeline import run_training
     from protolm.projection import load_exemplars
 
     data = from_namespace(DataConfig, args)
@@ -37,35 +28,20 @@ def _train(args: argparse.Namespace) -> int:
     print(f"\nmodel saved to {output_dir}")
     if model.config.architecture == "protolm" and not model.config.is_pair:
         print("\nexample explanation:")
-        _print_explanations(model, [args.explain_text], None, load_exemplars(output_dir), 3, sys.stdout.isatty())
+        print(render_explanations(model, [args.explain_text], None, load_exemplars(output_dir), DEFAULT_TOP_PROTOTYPES, sys.stdout.isatty()))
+        print()
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from protolm.pipeline import EvalConfig, run_evaluation
+    from protolm.pipeline import run_evaluation
 
     report = run_evaluation(args.model_dir, from_namespace(DataConfig, args), from_namespace(EvalConfig, args))
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
     return 0
 
 
-def _explain(args: argparse.Namespace) -> int:
-    if not Path(args.target).is_dir():
-        from service.commands import explain_remote
-
-        return explain_remote(args)
-    from protolm.model import ProtoLM
-    from protolm.projection import load_exemplars
-
-    model = ProtoLM.from_pretrained(args.target)
-    pairs = [args.pair] if args.pair is not None else None
-    _print_explanations(model, [args.text], pairs, load_exemplars(args.target), args.top_prototypes, use_colour(args.colour))
-    return 0
-
-
 def register(subparsers) -> None:
-    from protolm.pipeline import EvalConfig
-
     train = subparsers.add_parser(
         "train",
         help="train a proto-lm (or baseline) model, project its prototypes, evaluate it",
@@ -89,14 +65,3 @@ def register(subparsers) -> None:
     add_options(evaluate, EvalConfig)
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(handler=_evaluate)
-
-    explain = subparsers.add_parser(
-        "explain",
-        help="explain one prediction, of a model directory or of a running server",
-        description="TARGET is a model directory written by `protolm train` (explained locally with PyTorch) "
-        "or the HOST:PORT of a running `protolm serve`.",
-    )
-    explain.add_argument("target", help="model directory, or HOST:PORT of a running server")
-    add_explain_arguments(explain)
-    add_client_options(explain, with_server=False)
-    explain.set_defaults(handler=_explain)

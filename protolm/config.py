@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protolm.layers import SIMILARITIES
-from protolm.options import option
+from core.options import option
+from core.similarity import DEFAULT_SIMILARITY, METRICS, SIMILARITIES
+from protolm.encoders import DEFAULT_ENCODER
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,11 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelOptions:
     architecture: str = option("protolm", "protolm, or baseline (mean-pooled encoder + linear head, for comparison)", choices=("protolm", "baseline"))
-    encoder: str = option("minilm", "packaged name (minilm), a local model directory, or a Hugging Face hub name such as roberta-base")
+    encoder: str = option(DEFAULT_ENCODER, "packaged name (minilm), a local model directory, or a Hugging Face hub name such as roberta-base")
     max_length: int | None = option(None, "maximum tokens per input; default: the task's (50 for SST, 128 for pairs, 256 for IMDb)")
     num_prototypes: int = option(200, "total prototypes N, split evenly over the classes (at least one each)")
     top_k: float = option(0.5, "K for cohesion/separation: a count, or a fraction (< 1) of the prototypes per class")
-    similarity: str = option("cosine", "prototype similarity: cosine (distance 1 - cos), inverse (1/(d+eps) of the L2 distance, the paper's), log (ProtoPNet's)", choices=SIMILARITIES)
+    similarity: str = option(DEFAULT_SIMILARITY, "prototype similarity: " + "; ".join(m.description for m in METRICS.values()), choices=SIMILARITIES)
     epsilon: float = option(1e-4, "epsilon of the inverse and log similarities")
     prototype_init: str = option("data", "data: start prototypes at encodings of random training examples of their class; random: uniform [0, 1)", choices=("data", "random"))
     ce_weight: float = option(0.5, "lambda0: weight of cross-entropy")
@@ -62,3 +63,12 @@ class TrainConfig:
     data: DataConfig
     model: ModelOptions
     optim: OptimConfig
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    split: str | None = option(None, "split to evaluate; default: the source's validation split")
+    batch_size: int = option(128, "evaluation batch size")
+    faithfulness: bool = option(True, "also measure comprehensiveness and sufficiency (about 20 extra passes)")
+    seed: int = option(0, "seed of the random ranking and of --max-eval-samples")
+    faithfulness_samples: int | None = option(None, "measure faithfulness on a seeded subset of this many evaluation examples (default: all)")

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from protolm.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 DATA_DIR_ENV = "PROTOLM_DATA_DIR"
 DEFAULT_MAX_LENGTH = 128

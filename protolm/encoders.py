@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protolm.errors import ConfigError
+from core.errors import ConfigError
 
 DEFAULT_ENCODER = "minilm"
 PACKAGED_ENCODERS = {

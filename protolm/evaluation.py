@@ -10,7 +10,7 @@ from protolm.data import TextClassificationData
 from protolm.faithfulness import Faithfulness, evaluate_faithfulness
 from protolm.inference import predict
 from protolm.model import EncoderClassifier
-from protolm.projection import Exemplar
+from core.bundle import Exemplar
 
 
 @dataclass
@@ -47,7 +47,7 @@ class PrototypeQuality:
 def prototype_quality(exemplars: list[Exemplar]) -> PrototypeQuality:
     return PrototypeQuality(
         purity=float(np.mean([e.label == e.prototype_class for e in exemplars])),
-        distinct_exemplars=len({e.example_index for e in exemplars}),
+        distinct_exemplars=len({e.example_id for e in exemplars}),
         prototypes=len(exemplars),
     )
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SIMILARITIES = ("inverse", "log", "cosine")
+from core.errors import ConfigError
+from core.similarity import metric_for
 
 
 class TokenAttention(nn.Module):
@@ -29,6 +30,35 @@ class TokenAttention(nn.Module):
         return torch.softmax(scores, dim=-1)
 
 
+def _cosine(pooled: torch.Tensor, vectors: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    cosine = nn.functional.normalize(pooled, dim=-1) @ nn.functional.normalize(vectors, dim=-1).T
+    return 1.0 - cosine, cosine
+
+
+def _squared_l2(pooled: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    return (pooled.pow(2).sum(-1, keepdim=True) - 2.0 * pooled @ vectors.T + vectors.pow(2).sum(-1).unsqueeze(0)).clamp_min(0.0)
+
+
+def _l2(squared: torch.Tensor, epsilon: float) -> torch.Tensor:
+    # sqrt has an infinite slope at 0; a floor keeps gradients finite when S sits on a prototype.
+    return torch.sqrt(squared.clamp_min(epsilon**2))
+
+
+def _inverse(pooled: torch.Tensor, vectors: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    distances = _l2(_squared_l2(pooled, vectors), epsilon)
+    return distances, 1.0 / (distances + epsilon)
+
+
+def _log(pooled: torch.Tensor, vectors: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    squared = _squared_l2(pooled, vectors)
+    return _l2(squared, epsilon), torch.log((squared + 1.0) / (squared + epsilon))
+
+
+# (distances, similarities) of pooled vectors against the prototypes, one formula per
+# similarity of ``core.similarity.METRICS``; its metric says how the distances are indexed.
+SIMILARITY_FUNCTIONS = {"cosine": _cosine, "inverse": _inverse, "log": _log}
+
+
 class PrototypeLayer(nn.Module):
     """N learned prototype vectors, ``per_class`` for each class, scored against a pooled vector.
 
@@ -39,8 +69,9 @@ class PrototypeLayer(nn.Module):
 
     def __init__(self, num_classes: int, per_class: int, hidden_size: int, similarity: str, epsilon: float):
         super().__init__()
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        metric_for(similarity)
+        if similarity not in SIMILARITY_FUNCTIONS:
+            raise ConfigError(f"similarity {similarity!r} has a metric but no formula in the prototype layer")
         self.similarity = similarity
         self.epsilon = epsilon
         self.vectors = nn.Parameter(torch.rand(num_classes * per_class, hidden_size))
@@ -53,16 +84,4 @@ class PrototypeLayer(nn.Module):
         return self.vectors.shape[0]
 
     def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.similarity == "cosine":
-            cosine = nn.functional.normalize(pooled, dim=-1) @ nn.functional.normalize(self.vectors, dim=-1).T
-            return 1.0 - cosine, cosine
-        squared = (
-            pooled.pow(2).sum(-1, keepdim=True)
-            - 2.0 * pooled @ self.vectors.T
-            + self.vectors.pow(2).sum(-1).unsqueeze(0)
-        ).clamp_min(0.0)
-        # sqrt has an infinite slope at 0; a floor keeps gradients finite when S sits on a prototype.
-        distances = torch.sqrt(squared.clamp_min(self.epsilon**2))
-        if self.similarity == "inverse":
-            return distances, 1.0 / (distances + self.epsilon)
-        return distances, torch.log((squared + 1.0) / (squared + self.epsilon))
+        return SIMILARITY_FUNCTIONS[self.similarity](pooled, self.vectors, self.epsilon)

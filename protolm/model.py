@@ -16,8 +16,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from protolm.encoders import load_encoder
-from protolm.errors import ConfigError
+from core.similarity import DEFAULT_SIMILARITY
+from protolm.encoders import DEFAULT_ENCODER, load_encoder
+from core.errors import ConfigError
 from protolm.layers import PrototypeLayer, TokenAttention
 
 MODEL_FORMAT_VERSION = 1
@@ -32,11 +33,11 @@ class ModelConfig:
 
     architecture: str  # "protolm" or "baseline"
     label_names: list[str]
-    encoder: str = "minilm"
+    encoder: str = DEFAULT_ENCODER
     is_pair: bool = False
     max_length: int = 128
     prototypes_per_class: int = 100
-    similarity: str = "cosine"
+    similarity: str = DEFAULT_SIMILARITY
     epsilon: float = 1e-4
     dropout: float = 0.1
     uses_token_type_ids: bool = True

@@ -10,27 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
-from protolm.config import DataConfig, TrainConfig
+from protolm.config import DataConfig, EvalConfig, TrainConfig
 from protolm.data import TextClassificationData, load_split, validation_split_name
-from protolm.errors import ConfigError
 from protolm.evaluation import EvaluationReport, classification_metrics, evaluate
 from protolm.inference import predict
 from protolm.model import EncoderClassifier, ProtoLM, load_model
-from protolm.options import option
 from protolm.projection import load_exemplars, project_prototypes, push, save_exemplars, similarities_from_pooled
-from protolm.training import TRAINING_FILE, data_source, load_train_validation, train_model
+from protolm.training import data_source, load_train_validation, train_model
+from protolm.training_record import DataSummary, TrainingRecord
 
 log = logging.getLogger(__name__)
 EVALUATION_FILE = "evaluation.json"
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    split: str | None = option(None, "split to evaluate; default: the source's validation split")
-    batch_size: int = option(128, "evaluation batch size")
-    faithfulness: bool = option(True, "also measure comprehensiveness and sufficiency (about 20 extra passes)")
-    seed: int = option(0, "seed of the random ranking and of --max-eval-samples")
-    faithfulness_samples: int | None = option(None, "measure faithfulness on a seeded subset of this many evaluation examples (default: all)")
 
 
 @dataclass(frozen=True)
@@ -74,10 +64,8 @@ def run_training(
     splits = splits or Splits(*load_train_validation(config.data, config.optim.seed))
     train, validation = splits.train, splits.validation
     test = splits.test if splits.test is not None else validation
-    model, output_dir, summary = train_model(config, train, validation)
-    if isinstance(model, ProtoLM) and config.optim.project:
-        summary["projection"] = _project(model, train, test, config, output_dir)
-    summary["test"] = {"name": test.name, "examples": len(test)}
+    model, output_dir, record = train_model(config, train, validation)
+    projection = _project(model, train, test, config, output_dir) if isinstance(model, ProtoLM) and config.optim.project else None
     report = evaluate(
         model,
         test,
@@ -87,25 +75,20 @@ def run_training(
         seed=eval_config.seed,
         faithfulness_samples=eval_config.faithfulness_samples,
     )
-    summary["evaluation"] = report.as_dict()
-    (output_dir / TRAINING_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    record = dataclasses.replace(record, projection=projection, test=DataSummary(test.name, len(test)), evaluation=report.as_dict())
+    record.write(output_dir)
     (output_dir / EVALUATION_FILE).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     return model, output_dir, report
 
 
-def training_data_config(model_dir: str | Path) -> DataConfig | None:
-    path = Path(model_dir) / TRAINING_FILE
-    if not path.is_file():
-        return None
-    return DataConfig(**json.loads(path.read_text())["config"]["data"])
+def training_data_config(model_dir: str | Path) -> DataConfig:
+    return TrainingRecord.read(model_dir).config.data
 
 
 def run_evaluation(model_dir: str | Path, data_config: DataConfig, eval_config: EvalConfig) -> EvaluationReport:
     """Evaluate a saved model; with no data options, on the data it was trained with."""
     if not (data_config.task or data_config.dataset or data_config.train_file or data_config.validation_file):
         saved = training_data_config(model_dir)
-        if saved is None:
-            raise ConfigError(f"{model_dir} has no {TRAINING_FILE}; name the data with --task, --dataset or --validation-file")
         data_config = dataclasses.replace(saved, max_eval_samples=data_config.max_eval_samples)
     model = load_model(model_dir)
     source = data_source(dataclasses.replace(data_config, train_file=data_config.train_file or data_config.validation_file))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +16,13 @@ from torch.utils.data import Dataset
 
 from protolm.config import DataConfig, ModelOptions, TrainConfig
 from protolm.data import DataSource, TextClassificationData, default_max_length, load_split, validation_split_name
-from protolm.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from protolm.inference import predict
 from protolm.losses import LossWeights, protolm_loss, top_k_count
+from protolm.training_record import DataSummary, TrainingRecord
 from protolm.model import ARCHITECTURES, EncoderClassifier, ModelConfig, ProtoLM, prototypes_per_class
 
 log = logging.getLogger(__name__)
-TRAINING_FILE = "training.json"
 
 
 def data_source(config: DataConfig) -> DataSource:
@@ -251,14 +251,14 @@ def train_model(
     model = trainer.model.eval()
     model.save_pretrained(output_dir)
     shutil.rmtree(checkpoints, ignore_errors=True)
-    summary = {
-        "config": {"data": asdict(data_config), "model": asdict(options), "optim": asdict(optim)},
-        "top_k": spec.top_k,
-        "train": {"name": train.name, "examples": len(train), "label_counts": np.bincount(train.labels, minlength=len(train.label_names)).tolist()},
-        "validation": {"name": validation.name, "examples": len(validation)},
-        "training_seconds": seconds,
-        "train_loss": result.training_loss,
-        "epoch_history": [entry for entry in trainer.state.log_history if "eval_accuracy" in entry],
-        "best_validation_accuracy": trainer.state.best_metric,
-    }
-    return model, output_dir, summary
+    record = TrainingRecord(
+        config=config,
+        top_k=spec.top_k,
+        train=DataSummary(train.name, len(train), np.bincount(train.labels, minlength=len(train.label_names)).tolist()),
+        validation=DataSummary(validation.name, len(validation)),
+        training_seconds=seconds,
+        train_loss=result.training_loss,
+        epoch_history=[entry for entry in trainer.state.log_history if "eval_accuracy" in entry],
+        best_validation_accuracy=trainer.state.best_metric,
+    )
+    return model, output_dir, record

@@ -10,12 +10,13 @@ from typing import Protocol
 
 import numpy as np
 
-from protolm.errors import ConfigError
-from service.preprocess import EncodedInput, pad_batch
+from core.errors import ConfigError
+from core.graph_inputs import pad_batch
+from service.preprocess import EncodedInput
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-OUTPUT_NAMES = ("probabilities", "token_attention", "prototype_similarities", "pooled")
+SERVED_OUTPUTS = ("probabilities", "token_attention", "prototype_similarities", "pooled")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class OnnxBackend:
 
     def run(self, batch: list[EncodedInput]) -> list[InputOutputs]:
         feeds = {name: array for name, array in pad_batch(batch).items() if name in self.input_names}
-        probabilities, attention, similarities, pooled = self.session.run(list(OUTPUT_NAMES), feeds)
+        probabilities, attention, similarities, pooled = self.session.run(list(SERVED_OUTPUTS), feeds)
         return [
             InputOutputs(probabilities[row], attention[row, : encoded.length], similarities[row], pooled[row])
             for row, encoded in enumerate(batch)
@@ -85,7 +86,7 @@ class OnnxBackend:
                 "attention_mask": np.ones((batch, length), dtype=np.int64),
                 "token_type_ids": np.zeros((batch, length), dtype=np.int64),
             }
-            self.session.run(list(OUTPUT_NAMES), {k: v for k, v in feeds.items() if k in self.input_names})
+            self.session.run(list(SERVED_OUTPUTS), {k: v for k, v in feeds.items() if k in self.input_names})
 
 
 class FakeBackend:

@@ -19,17 +19,13 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
-from protolm.errors import NotReadyError, OverloadedError, ProtoLMError
+from core.errors import DeadlineExceededError, NotReadyError, OverloadedError
 
 log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 WINDOW_BATCHES = 4
-
-
-class DeadlineExceededError(ProtoLMError):
-    """The caller's deadline passed while its input was still queued."""
 
 
 @dataclass(frozen=True)

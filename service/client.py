@@ -7,8 +7,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protolm.highlights import Highlight
-from protolm.rendering import Explanation, PrototypeMatch
+from core.bundle import Exemplar
+from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Explanation, NearestExample, PrototypeMatch
+from core.highlights import Highlight
 from service.grpc_api import protolm_pb2 as pb
 from service.grpc_api import protolm_pb2_grpc as pb_grpc
 
@@ -51,7 +52,7 @@ class ProtoLMClient:
         self,
         texts: list[str],
         text_pairs: list[str] | None = None,
-        top_prototypes: int = 3,
+        top_prototypes: int = DEFAULT_TOP_PROTOTYPES,
         nearest_examples: int = 0,
         tokens: bool = False,
     ) -> pb.ExplainResponse:
@@ -79,29 +80,47 @@ def _highlights(spans) -> list[Highlight]:
     return [Highlight(s.text, s.start, s.end, s.weight, 0 if s.segment != pb.SEGMENT_TEXT_PAIR else 1) for s in spans]
 
 
-class _ExemplarView:
-    def __init__(self, exemplar: pb.Exemplar):
-        self.text = exemplar.text
-        self.text_pair = exemplar.text_pair if exemplar.HasField("text_pair") else None
-        self.words = _highlights(exemplar.words)
+def _exemplar(match: pb.PrototypeMatch) -> Exemplar | None:
+    if not match.HasField("exemplar"):
+        return None
+    exemplar = match.exemplar
+    return Exemplar(
+        prototype=match.prototype_id,
+        prototype_class=match.label_id,
+        example_id=exemplar.example_id,
+        text=exemplar.text,
+        text_pair=exemplar.text_pair if exemplar.HasField("text_pair") else None,
+        label=exemplar.label_id,
+        distance=exemplar.distance,
+        words=tuple(_highlights(exemplar.words)),
+    )
 
 
-def to_explanation(text: str, text_pair: str | None, result: pb.Explanation) -> Explanation:
-    """A gRPC explanation as the plain object that :func:`protolm.rendering.render` prints."""
+def to_explanation(result: pb.Explanation) -> Explanation:
+    """A gRPC explanation as the plain object the engine built and :func:`core.explanation.render` prints."""
     classification = result.classification
     return Explanation(
-        text=text,
-        text_pair=text_pair,
-        label=classification.label,
-        probabilities={p.label: p.probability for p in classification.probabilities},
-        words=_highlights(result.weights),
+        classification=Classification(
+            label=classification.label,
+            label_id=classification.label_id,
+            probabilities={p.label: p.probability for p in classification.probabilities},
+            truncated=classification.truncated,
+            num_tokens=classification.num_tokens,
+        ),
+        weights=_highlights(result.weights),
         prototypes=[
-            PrototypeMatch(
-                prototype=p.prototype_id,
-                class_name=p.label,
-                similarity=p.similarity,
-                exemplar=_ExemplarView(p.exemplar) if p.HasField("exemplar") else None,
-            )
+            PrototypeMatch(prototype_id=p.prototype_id, label=p.label, label_id=p.label_id, similarity=p.similarity, exemplar=_exemplar(p))
             for p in result.prototypes
+        ],
+        nearest_examples=[
+            NearestExample(
+                example_id=n.example_id,
+                text=n.text,
+                text_pair=n.text_pair if n.HasField("text_pair") else None,
+                label=n.label,
+                distance=n.distance,
+                split=n.split,
+            )
+            for n in result.nearest_examples
         ],
     )

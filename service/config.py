@@ -1,10 +1,10 @@
-"""The server's configuration: one frozen object, every field a flag and a PROTOLM_* variable."""
+"""The server's and the client commands' configuration: frozen objects, every field a flag and a PROTOLM_* variable."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protolm.options import option
+from core.options import option
 
 
 @dataclass(frozen=True)
@@ -36,3 +36,13 @@ class ServerConfig:
     @property
     def max_wait_seconds(self) -> float:
         return self.max_wait_ms / 1000.0
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How `protolm classify`, `health` and `explain HOST:PORT` reach a server."""
+
+    server: str = option("localhost:50051", "server address HOST:PORT")
+    token: str | None = option(None, "bearer token sent with every call", env="PROTOLM_CLIENT_TOKEN")
+    tls_ca: str | None = option(None, "PEM CA certificate that signed the server's certificate (enables TLS)", env="PROTOLM_CLIENT_TLS_CA")
+    timeout: float = option(30.0, "seconds to wait for the reply", env="PROTOLM_CLIENT_TIMEOUT")

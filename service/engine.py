@@ -18,8 +18,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from protolm.errors import InvalidInputError, NotReadyError
-from protolm.highlights import Highlight, token_highlights, word_highlights
+from core.bundle import ExampleRow, Exemplar
+from core.errors import InvalidInputError, NotReadyError
+from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Explanation, NearestExample, PrototypeMatch
+from core.highlights import token_highlights, word_highlights
+from core.similarity import Metric
 from service.backend import Backend, InputOutputs
 from service.batcher import Completed, DynamicBatcher
 from service.config import ServerConfig
@@ -32,21 +35,15 @@ log = logging.getLogger(__name__)
 class ExampleLookup:
     """Nearest training examples: a FAISS index over pooled encodings and a row reader."""
 
-    def __init__(self, index, read_row: Callable[[int], dict], metric: str, description: str):
+    def __init__(self, index, read_row: Callable[[int], ExampleRow], metric: Metric, description: str):
         self.index = index
         self.read_row = read_row
         self.metric = metric
         self.description = description
 
-    def search(self, pooled: np.ndarray, k: int) -> list[list[tuple[dict, float]]]:
-        import faiss
-
-        queries = np.ascontiguousarray(pooled, dtype=np.float32)
-        if self.metric == "cosine":
-            queries = queries.copy()
-            faiss.normalize_L2(queries)
-        scores, ids = self.index.search(queries, k)
-        distances = 1.0 - scores if self.metric == "cosine" else np.sqrt(np.maximum(scores, 0.0))
+    def search(self, pooled: np.ndarray, k: int) -> list[list[tuple[ExampleRow, float]]]:
+        scores, ids = self.index.search(self.metric.prepare(pooled), k)
+        distances = self.metric.distances(scores)
         return [
             [(self.read_row(int(i)), float(d)) for i, d in zip(row_ids, row_distances) if i >= 0]
             for row_ids, row_distances in zip(ids, distances)
@@ -67,7 +64,7 @@ class ServingModel:
     preprocessor: Preprocessor
     backend: Backend
     prototype_class: np.ndarray
-    exemplars: list[dict] | None
+    exemplars: tuple[Exemplar, ...] | None
     examples: ExampleLookup | None
     batcher: DynamicBatcher | None = field(default=None, repr=False)
 
@@ -80,44 +77,8 @@ class Timing:
 
 
 @dataclass(frozen=True)
-class Classification:
-    label: str
-    label_id: int
-    probabilities: list[float]
-    truncated: bool
-    num_tokens: int
-
-
-@dataclass(frozen=True)
-class PrototypeMatch:
-    prototype_id: int
-    label: str
-    label_id: int
-    similarity: float
-    exemplar: dict | None
-
-
-@dataclass(frozen=True)
-class NearestExample:
-    example_id: int
-    text: str
-    text_pair: str | None
-    label: str
-    distance: float
-    split: str
-
-
-@dataclass(frozen=True)
-class Explanation:
-    classification: Classification
-    weights: list[Highlight]
-    prototypes: list[PrototypeMatch]
-    nearest_examples: list[NearestExample]
-
-
-@dataclass(frozen=True)
 class ExplainOptions:
-    top_prototypes: int = 3
+    top_prototypes: int = DEFAULT_TOP_PROTOTYPES
     nearest_examples: int = 0
     words: bool = True
 
@@ -202,7 +163,7 @@ class Engine:
         return Classification(
             label=model.labels[label_id],
             label_id=label_id,
-            probabilities=[float(p) for p in outputs.probabilities],
+            probabilities={name: float(p) for name, p in zip(model.labels, outputs.probabilities)},
             truncated=encoded.truncated,
             num_tokens=encoded.length,
         )
@@ -224,7 +185,7 @@ class Engine:
     async def explain(self, inputs: list[TextInput], options: ExplainOptions, deadline: float | None = None) -> Served:
         self.check_explain_options(options)
         model, encoded, outputs, timing = await self._run(inputs, deadline, "Explain")
-        neighbours: list[list[tuple[dict, float]]] = [[] for _ in encoded]
+        neighbours: list[list[tuple[ExampleRow, float]]] = [[] for _ in encoded]
         if options.nearest_examples and model.examples is not None:
             pooled = np.stack([o.pooled for o in outputs])
             neighbours = await asyncio.get_running_loop().run_in_executor(
@@ -254,12 +215,12 @@ class Engine:
         ]
         nearest = [
             NearestExample(
-                example_id=int(row["id"]),
-                text=row["text"],
-                text_pair=row.get("text_pair"),
-                label=model.labels[int(row["label"])],
+                example_id=row.id,
+                text=row.text,
+                text_pair=row.text_pair,
+                label=model.labels[row.label],
                 distance=distance,
-                split=row.get("split", ""),
+                split=row.split,
             )
             for row, distance in neighbours
         ]

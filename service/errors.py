@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import grpc
 
-from protolm.errors import (
+from core.errors import (
     BundleError,
     ConfigError,
+    DeadlineExceededError,
     InvalidInputError,
     NotReadyError,
     OverloadedError,
     ProtoLMError,
     UnauthenticatedError,
 )
-from service.batcher import DeadlineExceededError
 
 STATUS_CODES: tuple[tuple[type[ProtoLMError], grpc.StatusCode], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),

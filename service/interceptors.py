@@ -18,6 +18,7 @@ import uuid
 
 import grpc
 
+from core.errors import ProtoLMError, UnauthenticatedError
 from service.errors import status_for
 from service.metrics import Metrics
 
@@ -34,8 +35,9 @@ def _metadata(details) -> dict[str, str]:
     return {key.lower(): value for key, value in (details.invocation_metadata or ())}
 
 
-def _rejecting_handler(handler, code: grpc.StatusCode, message: str):
-    """A handler of the same kind as ``handler`` that only aborts."""
+def _rejecting_handler(handler, error: ProtoLMError):
+    """A handler of the same kind as ``handler`` that only aborts with ``error``'s status."""
+    code, message = status_for(error), str(error)
 
     async def abort_unary(request, context):
         await context.abort(code, message)
@@ -66,7 +68,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         supplied = _metadata(handler_call_details).get("authorization", "").encode()
         if hmac.compare_digest(supplied, self._expected):
             return handler
-        return _rejecting_handler(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        return _rejecting_handler(handler, UnauthenticatedError("missing or invalid bearer token"))
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):

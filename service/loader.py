@@ -3,14 +3,14 @@ the tokenizer, the exemplars and the example index (on the GPU when FAISS has GP
 
 from __future__ import annotations
 
+import numpy as np
 
-from protolm.errors import ConfigError
+from core.errors import ConfigError
 from service.backend import OnnxBackend, gpu_available
-from service.bundle import Bundle
+from service.served_bundle import ServedBundle
 from service.config import ServerConfig
 from service.engine import ExampleLookup, ServingModel
 from service.preprocess import InputLimits, Preprocessor
-
 
 
 def use_gpu(device: str) -> bool:
@@ -31,39 +31,36 @@ def faiss_on_gpu(index):
     return index, "cpu"
 
 
-def _numeric_metrics(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 def load_serving_model(bundle_dir: str, config: ServerConfig) -> ServingModel:
     if not bundle_dir:
         raise ConfigError("no bundle directory: pass BUNDLE_DIR or set PROTOLM_BUNDLE_DIR")
-    bundle = Bundle.load(bundle_dir)
+    bundle = ServedBundle.load(bundle_dir)
+    manifest = bundle.manifest
     gpu = use_gpu(config.device)
     variant = bundle.choose_variant("gpu" if gpu else "cpu", config.variant)
     session = bundle.session(
         variant, OnnxBackend.providers(gpu), OnnxBackend.session_options(config.intra_op_threads, config.inter_op_threads)
     )
-    backend = OnnxBackend(session, use_gpu=gpu, uses_token_type_ids=bundle.manifest["architecture"]["uses_token_type_ids"])
-    info = bundle.indexes["examples"]
+    backend = OnnxBackend(session, use_gpu=gpu, uses_token_type_ids=manifest.architecture.uses_token_type_ids)
+    info = manifest.indexes.examples
     index, placement = faiss_on_gpu(bundle.example_index())
     store = bundle.examples()
-    examples = ExampleLookup(index, store.__getitem__, info.metric, f"{info.kind} ({placement}, {info.count} examples)")
+    examples = ExampleLookup(index, store.__getitem__, manifest.metric, f"{info.kind} ({placement}, {info.count} examples)")
     return ServingModel(
-        name=bundle.name,
-        version=bundle.version,
-        labels=bundle.labels,
-        is_pair=bundle.is_pair,
-        max_length=bundle.max_length,
-        encoder=bundle.manifest["encoder"],
+        name=manifest.model.name,
+        version=manifest.model.version,
+        labels=list(manifest.labels),
+        is_pair=manifest.is_pair,
+        max_length=manifest.max_length,
+        encoder=manifest.encoder,
         variant=variant.name,
-        format_version=bundle.manifest["format_version"],
-        metrics=_numeric_metrics(bundle.manifest.get("metrics", {})),
+        format_version=manifest.format_version,
+        metrics=manifest.numeric_metrics(),
         preprocessor=Preprocessor(
-            bundle.tokenizer(), bundle.is_pair, InputLimits(config.max_inputs_per_request, config.max_text_chars)
+            bundle.tokenizer(), manifest.is_pair, InputLimits(config.max_inputs_per_request, config.max_text_chars)
         ),
         backend=backend,
-        prototype_class=bundle.prototype_class,
+        prototype_class=np.asarray(manifest.architecture.prototype_class, dtype=np.int64),
         exemplars=bundle.exemplars,
         examples=examples,
     )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protolm.errors import InvalidInputError
+from core.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -90,21 +90,3 @@ class Preprocessor:
             for item, encoding in zip(inputs, encodings)
         ]
 
-
-def pad_batch(batch) -> dict[str, np.ndarray]:
-    """input_ids / attention_mask / token_type_ids padded to the batch's longest input.
-
-    ``batch`` holds anything with ``ids`` and ``type_ids`` (:class:`EncodedInput`, or a
-    ``tokenizers`` Encoding). Pad positions hold id 0: the attention mask hides them from the
-    encoder and the token attention, so their id never reaches an output.
-    """
-    length = max(len(e.ids) for e in batch)
-    input_ids = np.zeros((len(batch), length), dtype=np.int64)
-    attention_mask = np.zeros((len(batch), length), dtype=np.int64)
-    token_type_ids = np.zeros((len(batch), length), dtype=np.int64)
-    for row, encoded in enumerate(batch):
-        size = len(encoded.ids)
-        input_ids[row, :size] = encoded.ids
-        attention_mask[row, :size] = 1
-        token_type_ids[row, :size] = encoded.type_ids
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}

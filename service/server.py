@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protolm.errors import ConfigError, ProtoLMError
+from core.errors import ConfigError, ProtoLMError
 from service.config import ServerConfig
 from service.engine import Engine, ServingModel
 from service.grpc_api import protolm_pb2 as pb
@@ -107,10 +107,11 @@ class ProtoLMServer:
             await self.engine.activate(lambda: self.load_model(target, self.config))
         except Exception as exc:
             self.metrics.reloads.labels(result="failed").inc()
-            log.error("reload of %s failed, still serving the previous model: %s", target, exc)
             if isinstance(exc, ProtoLMError):
-                raise
-            raise ConfigError(f"reload of {target} failed: {exc}") from exc
+                log.error("reload of %s failed, still serving the previous model: %s", target, exc)
+            else:  # a bug: the caller gets INTERNAL, the log the traceback
+                log.exception("reload of %s failed unexpectedly, still serving the previous model", target)
+            raise
         self.bundle_dir = target
         self.metrics.reloads.labels(result="ok").inc()
 
@@ -143,8 +144,8 @@ async def serve(config: ServerConfig) -> None:
         async def run() -> None:
             try:
                 await server.reload()
-            except ProtoLMError:
-                pass  # already logged; the previous model is still serving
+            except Exception:
+                pass  # reload logged it; the previous model is still serving
 
         loop.create_task(run())
 

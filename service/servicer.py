@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
-from protolm.highlights import Highlight
-from service.engine import Classification, Engine, ExplainOptions, Explanation, Served, ServingModel, deadline_from
+from core.bundle import Exemplar
+from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Explanation
+from core.highlights import Highlight
+from service.engine import Engine, ExplainOptions, Served, ServingModel, deadline_from
 from service.grpc_api import protolm_pb2 as pb
 from service.grpc_api import protolm_pb2_grpc as pb_grpc
 from service.interceptors import current_request_id
 from service.preprocess import TextInput
-
-DEFAULT_TOP_PROTOTYPES = 3
 
 
 def _inputs(request) -> list[TextInput]:
@@ -33,12 +33,12 @@ def _metadata(served: Served) -> pb.ResponseMetadata:
     )
 
 
-def _classification(model: ServingModel, c: Classification) -> pb.Classification:
+def _classification(c: Classification) -> pb.Classification:
     return pb.Classification(
         label=c.label,
         label_id=c.label_id,
         probabilities=[
-            pb.ClassProbability(label=name, label_id=i, probability=p) for i, (name, p) in enumerate(zip(model.labels, c.probabilities))
+            pb.ClassProbability(label=name, label_id=i, probability=p) for i, (name, p) in enumerate(c.probabilities.items())
         ],
         truncated=c.truncated,
         num_tokens=c.num_tokens,
@@ -50,19 +50,21 @@ def _span(h: Highlight) -> pb.WeightedSpan:
     return pb.WeightedSpan(text=h.text, start=h.start, end=h.end, weight=h.weight, segment=segment)
 
 
-def _exemplar(exemplar: dict, labels: list[str]) -> pb.Exemplar:
+def _exemplar(exemplar: Exemplar, labels: list[str]) -> pb.Exemplar:
     return pb.Exemplar(
-        example_id=int(exemplar["example_id"]),
-        text=exemplar["text"],
-        text_pair=exemplar.get("text_pair"),
-        label=labels[int(exemplar["label"])],
-        words=[_span(Highlight(**w)) for w in exemplar["words"]],
+        example_id=exemplar.example_id,
+        text=exemplar.text,
+        text_pair=exemplar.text_pair,
+        label=labels[exemplar.label],
+        label_id=exemplar.label,
+        distance=exemplar.distance,
+        words=[_span(w) for w in exemplar.words],
     )
 
 
 def _explanation(model: ServingModel, e: Explanation) -> pb.Explanation:
     return pb.Explanation(
-        classification=_classification(model, e.classification),
+        classification=_classification(e.classification),
         weights=[_span(w) for w in e.weights],
         prototypes=[
             pb.PrototypeMatch(
@@ -70,7 +72,7 @@ def _explanation(model: ServingModel, e: Explanation) -> pb.Explanation:
                 label=p.label,
                 label_id=p.label_id,
                 similarity=p.similarity,
-                exemplar=_exemplar(p.exemplar, model.labels) if p.exemplar else None,
+                exemplar=_exemplar(p.exemplar, model.labels) if p.exemplar is not None else None,
             )
             for p in e.prototypes
         ],
@@ -110,7 +112,7 @@ class ProtoLMServicer(pb_grpc.ProtoLMServiceServicer):
     async def Classify(self, request, context):
         served = await self.engine.classify(_inputs(request), deadline_from(context.time_remaining()))
         return pb.ClassifyResponse(
-            results=[_classification(served.model, c) for c in served.results], metadata=_metadata(served)
+            results=[_classification(c) for c in served.results], metadata=_metadata(served)
         )
 
     async def Explain(self, request, context):

@@ -75,8 +75,8 @@ def trained_sst2_model(shared_data_dir, tmp_path_factory):
     proto-lm on 2,000 SST-2 training examples, 1 epoch, packaged MiniLM, default settings.
 
     Returns (model directory, evaluation report)."""
-    from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
-    from protolm.pipeline import EvalConfig, run_training
+    from protolm.config import DataConfig, EvalConfig, ModelOptions, OptimConfig, TrainConfig
+    from protolm.pipeline import run_training
 
     output_dir = tmp_path_factory.mktemp("protolm-sst2")
     config = TrainConfig(
@@ -114,8 +114,8 @@ def tiny_model_dir(tiny_encoder_dir, tmp_path_factory) -> Path:
     """A complete model directory (training.json, exemplars.json) in seconds: proto-lm on the
     tiny encoder, trained by `run_training` for one epoch on a 60-row CSV with a 30-row
     validation CSV."""
-    from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
-    from protolm.pipeline import EvalConfig, run_training
+    from protolm.config import DataConfig, EvalConfig, ModelOptions, OptimConfig, TrainConfig
+    from protolm.pipeline import run_training
 
     root = tmp_path_factory.mktemp("tiny-model")
     files = write_tiny_csvs(root, train_rows=60, validation_rows=30)

@@ -7,7 +7,7 @@ import onnxruntime
 import torch
 
 from export.onnx_graph import ServingGraph, graph_inputs
-from service.bundle import OUTPUT_NAMES
+from core.bundle import GRAPH_OUTPUTS
 
 PARITY_SHAPES = [(1, 7), (3, 33), (16, 128)]
 TOLERANCE = 1e-4
@@ -33,7 +33,7 @@ def assert_parity(model, path, shapes=PARITY_SHAPES, tolerance=TOLERANCE) -> Non
         feeds = random_inputs(batch, length, graph_inputs(model), seed=batch)
         with torch.no_grad():
             expected = ServingGraph(model.eval())(*(torch.from_numpy(feeds[n]) for n in graph_inputs(model)))
-        got = session.run(list(OUTPUT_NAMES), feeds)
-        for name, value, reference in zip(OUTPUT_NAMES, got, expected):
+        got = session.run(list(GRAPH_OUTPUTS), feeds)
+        for name, value, reference in zip(GRAPH_OUTPUTS, got, expected):
             assert value.shape == tuple(reference.shape), (name, batch, length)
             np.testing.assert_allclose(value, reference.numpy(), atol=tolerance, rtol=0, err_msg=f"{name} at {batch}x{length}")

@@ -6,6 +6,8 @@ import contextlib
 
 import numpy as np
 
+from core.bundle import Exemplar
+from core.highlights import Highlight
 from service.backend import FakeBackend
 from service.config import ServerConfig
 from service.engine import ServingModel
@@ -19,18 +21,18 @@ def minilm_tokenizer(max_length: int = 32):
     from tokenizers import Tokenizer
 
     from protolm.encoders import resolve_encoder_path
-    from service.bundle import configure_tokenizer
+    from core.graph_inputs import configure_tokenizer
 
     return configure_tokenizer(Tokenizer.from_file(f"{resolve_encoder_path('minilm')}/tokenizer.json"), max_length)
 
 
 def fake_model(config: ServerConfig, backend: FakeBackend | None = None, name: str = "fake", is_pair: bool = False) -> ServingModel:
     backend = backend or FakeBackend(num_classes=2, num_prototypes=4)
-    exemplars = [
-        {"prototype": p, "prototype_class": p // 2, "example_id": p, "text": f"exemplar {p}", "text_pair": None,
-         "label": p // 2, "distance": 0.5, "words": [{"text": "exemplar", "start": 0, "end": 8, "weight": 1.0, "segment": 0}]}
+    exemplars = tuple(
+        Exemplar(prototype=p, prototype_class=p // 2, example_id=p, text=f"exemplar {p}", text_pair=None, label=p // 2,
+                 distance=0.5, words=(Highlight("exemplar", 0, 8, 1.0, 0),))
         for p in range(backend.num_prototypes)
-    ]
+    )
     return ServingModel(
         name=name,
         version="1",

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from protolm.benchmark.config import BenchmarkConfig, ReportConfig
-from protolm.options import add_options, from_namespace
+from core.options import add_options, from_namespace
 
 
 def _split(text: str | None) -> list[str] | None:

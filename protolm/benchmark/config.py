@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.options import option
 from protolm.benchmark.suites import PROFILES
-from protolm.options import option
+from protolm.encoders import DEFAULT_ENCODER
 
 RESULTS_DIR = "docs/results"
 
@@ -15,7 +16,7 @@ class BenchmarkConfig:
     suites: str = option("tasks,ablations", "comma-separated suites to run: tasks (8 tasks, both models), ablations (SST-2, proto-lm)")
     tasks: str | None = option(None, "comma-separated tasks of the task suite (default: sst2,sst5,rte,wnli,mrpc,imdb,qnli,mnli)")
     profile: str = option("cpu", "budgets: cpu (seeded subsets, 1-2 epochs) or full (every training example, 3 epochs)", choices=tuple(PROFILES))
-    encoder: str = option("minilm", "encoder of both models: packaged name, local directory or hub name")
+    encoder: str = option(DEFAULT_ENCODER, "encoder of both models: packaged name, local directory or hub name")
     results_dir: str = option(f"{RESULTS_DIR}/runs", "one JSON result file per run; existing ok results are not run again")
     runs_dir: str = option("runs/benchmark", "model directories; each is deleted after its run, except those the PCA plots draw (SST-2 ablations of each similarity)")
     data_dir: str | None = option(None, "directory with <task>/<split>.jsonl.gz files (default: $PROTOLM_DATA_DIR)")

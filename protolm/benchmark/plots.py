@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from protolm.benchmark.runner import OK
-from protolm.errors import ConfigError
+from core.errors import ConfigError
+from core.similarity import metric_for
 
 log = logging.getLogger(__name__)
 ACCURACY_PLOT = "accuracy_vs_prototypes.png"
@@ -75,9 +76,8 @@ def encodings_pca(record: dict, path: Path) -> Path:
     exemplar_pooled = predict(model, exemplar_data, progress=False).pooled
     prototypes = model.prototypes.vectors.detach().cpu().numpy()
     prototype_class = model.prototype_class.cpu().numpy()
-    if model.config.similarity == "cosine":  # the model compares directions: draw unit vectors
-        unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)  # noqa: E731
-        train_pooled, exemplar_pooled, prototypes = unit(train_pooled), unit(exemplar_pooled), unit(prototypes)
+    metric = metric_for(model.config.similarity)  # a metric that compares directions draws unit vectors
+    train_pooled, exemplar_pooled, prototypes = metric.prepare(train_pooled), metric.prepare(exemplar_pooled), metric.prepare(prototypes)
 
     mean = train_pooled.mean(0)
     _, _, components = np.linalg.svd(train_pooled - mean, full_matrices=False)
@@ -97,7 +97,7 @@ def encodings_pca(record: dict, path: Path) -> Path:
         axis.scatter(*prototype_2d[chosen].T, marker="*", s=90, color=colours(label), edgecolors="black",
                      linewidths=0.5, label=f"prototype: {name}")
     axis.scatter(*exemplar_2d.T, marker="o", s=40, facecolors="none", edgecolors="black", linewidths=0.8,
-                 label=f"exemplar ({len({e.example_index for e in exemplars})} distinct)")
+                 label=f"exemplar ({len({e.example_id for e in exemplars})} distinct)")
     axis.set_xlabel("principal component 1")
     axis.set_ylabel("principal component 2")
     axis.set_title(f"{task}, {model.config.similarity} similarity (accuracy {100 * record['accuracy']:.1f}): "

@@ -16,7 +16,7 @@ import functools
 import logging
 
 from protolm.data import DataSource, TextClassificationData, load_split
-from protolm.errors import DataError
+from core.errors import DataError
 from protolm.pipeline import Splits
 from protolm.benchmark.suites import TaskBudget
 

@@ -8,6 +8,7 @@ out of memory) is still on record; the next call re-runs ``running`` and, when a
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -21,9 +22,9 @@ from pathlib import Path
 
 from protolm.benchmark.protocols import load_task_data
 from protolm.benchmark.suites import PUSH_OVERRIDES, RunSpec
-from protolm.config import DataConfig, ModelOptions, OptimConfig, TrainConfig
-from protolm.pipeline import EvalConfig, run_training
-from protolm.training import TRAINING_FILE
+from protolm.config import DataConfig, EvalConfig, ModelOptions, OptimConfig, TrainConfig
+from protolm.pipeline import run_training
+from protolm.training_record import TrainingRecord
 
 log = logging.getLogger(__name__)
 OK, FAILED, RUNNING = "ok", "failed", "running"
@@ -69,7 +70,7 @@ def execute(spec: RunSpec, runs_dir: Path, data_dir: str | None) -> dict:
     started = time.perf_counter()
     _, _, report = run_training(config, eval_config, task_data.splits)
     seconds = time.perf_counter() - started
-    summary = json.loads((output_dir / TRAINING_FILE).read_text())
+    training = TrainingRecord.read(output_dir)
     if not spec.keep_model:
         shutil.rmtree(output_dir, ignore_errors=True)
     splits, evaluation = task_data.splits, report.as_dict()
@@ -80,10 +81,10 @@ def execute(spec: RunSpec, runs_dir: Path, data_dir: str | None) -> dict:
             "selection": {"name": splits.validation.name, "examples": len(splits.validation)},
             "test": {"name": splits.test.name, "examples": len(splits.test), "available": task_data.test_available},
         },
-        "settings": summary["config"],
+        "settings": dataclasses.asdict(training.config),
         **{key: evaluation[key] for key in ("accuracy", "macro_f1", "confusion", "faithfulness", "prototypes")},
-        "projection": summary.get("projection"),
-        "training_seconds": summary["training_seconds"],
+        "projection": training.projection,
+        "training_seconds": training.training_seconds,
         "total_seconds": seconds,
         "model_dir": str(output_dir) if spec.keep_model else None,
     }

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from protolm.errors import ConfigError
+from core.errors import ConfigError
+from protolm.encoders import DEFAULT_ENCODER
 
 ARCHITECTURES = ("protolm", "baseline")
 BASE_SEED = 42
@@ -63,7 +64,7 @@ class RunSpec:
     architecture: str
     seed: int
     budget: TaskBudget
-    encoder: str = "minilm"
+    encoder: str = DEFAULT_ENCODER
     group: str = "main"  # ablation group; "main" for the task suite
     label: str = "default"
     overrides: dict = field(default_factory=dict)
@@ -86,7 +87,7 @@ def _tasks(names: list[str] | None) -> list[str]:
     return names
 
 
-def task_suite(profile: str, tasks: list[str] | None = None, encoder: str = "minilm") -> list[RunSpec]:
+def task_suite(profile: str, tasks: list[str] | None = None, encoder: str = DEFAULT_ENCODER) -> list[RunSpec]:
     """Every task's first seed comes before any task's second, so an interrupted suite
     still covers every task."""
     budgets = _profile(profile)
@@ -99,7 +100,7 @@ def task_suite(profile: str, tasks: list[str] | None = None, encoder: str = "min
     ]
 
 
-def ablation_suite(profile: str, encoder: str = "minilm") -> list[RunSpec]:
+def ablation_suite(profile: str, encoder: str = DEFAULT_ENCODER) -> list[RunSpec]:
     _profile(profile)
     return [
         RunSpec("ablations", ABLATION_TASK, "protolm", BASE_SEED, ABLATION_BUDGET[profile], encoder, group, label, overrides,
@@ -117,7 +118,7 @@ def _profile(profile: str) -> dict[str, TaskBudget]:
 SUITES = ("tasks", "ablations")
 
 
-def build_suites(suites: list[str], profile: str, tasks: list[str] | None = None, encoder: str = "minilm") -> list[RunSpec]:
+def build_suites(suites: list[str], profile: str, tasks: list[str] | None = None, encoder: str = DEFAULT_ENCODER) -> list[RunSpec]:
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise ConfigError(f"unknown benchmark suite(s) {unknown}; known: {', '.join(SUITES)}")

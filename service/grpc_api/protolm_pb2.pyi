@@ -129,18 +129,22 @@ class WeightedSpan(_message.Message):
     def __init__(self, text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., weight: _Optional[float] = ..., segment: _Optional[_Union[Segment, str]] = ...) -> None: ...
 
 class Exemplar(_message.Message):
-    __slots__ = ("example_id", "text", "text_pair", "label", "words")
+    __slots__ = ("example_id", "text", "text_pair", "label", "words", "label_id", "distance")
     EXAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TEXT_PAIR_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     WORDS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_ID_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
     example_id: int
     text: str
     text_pair: str
     label: str
     words: _containers.RepeatedCompositeFieldContainer[WeightedSpan]
-    def __init__(self, example_id: _Optional[int] = ..., text: _Optional[str] = ..., text_pair: _Optional[str] = ..., label: _Optional[str] = ..., words: _Optional[_Iterable[_Union[WeightedSpan, _Mapping]]] = ...) -> None: ...
+    label_id: int
+    distance: float
+    def __init__(self, example_id: _Optional[int] = ..., text: _Optional[str] = ..., text_pair: _Optional[str] = ..., label: _Optional[str] = ..., words: _Optional[_Iterable[_Union[WeightedSpan, _Mapping]]] = ..., label_id: _Optional[int] = ..., distance: _Optional[float] = ...) -> None: ...
 
 class PrototypeMatch(_message.Message):
     __slots__ = ("prototype_id", "label", "label_id", "similarity", "exemplar")

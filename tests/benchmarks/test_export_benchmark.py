@@ -15,7 +15,7 @@ import torch
 
 from protolm.data import DataSource, load_split
 from protolm.model import load_model
-from service.bundle import Bundle
+from service.served_bundle import ServedBundle
 
 pytestmark = pytest.mark.benchmark
 BATCH, LENGTH = 32, 64
@@ -45,7 +45,7 @@ def blockwise_medians(runs) -> list[float]:
 
 def test_throughput_side_by_side(trained_sst2_model, exported_sst2_bundle, shared_data_dir, capsys):
     model = load_model(trained_sst2_model[0])
-    bundle = Bundle.load(exported_sst2_bundle)
+    bundle = ServedBundle.load(exported_sst2_bundle)
     sentences = load_split(DataSource(task="sst2", data_dir=str(shared_data_dir)), "validation").texts[:BATCH]
     encoded = bundle.encode(sentences)
     assert encoded["input_ids"].shape[1] <= LENGTH
@@ -61,7 +61,7 @@ def test_throughput_side_by_side(trained_sst2_model, exported_sst2_bundle, share
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         targets.append(("CUDAExecutionProvider", "gpu", ("fp32", "optimized", "fp16")))
     for provider, device, names in targets:
-        for variant in (v for v in bundle.variants if v.name in names):
+        for variant in (v for v in bundle.manifest.variants if v.name in names):
             session = bundle.session(variant, [provider])
             label = f"ONNX Runtime {variant.name}" + ("" if variant.servable else " (not servable)")
             rows.append((label, device, lambda s=session: s.run(["logits"], feeds)[0]))
@@ -72,7 +72,7 @@ def test_throughput_side_by_side(trained_sst2_model, exported_sst2_bundle, share
     results = [(label, device, seconds, agreement) for (label, device, _), seconds, agreement in zip(rows, medians, agreements)]
     eager_seconds = results[0][2]
     with capsys.disabled():
-        print(f"\n\n{BATCH} SST-2 validation sentences padded to {LENGTH} tokens, {bundle.name} ({bundle.manifest['encoder']}), "
+        print(f"\n\n{BATCH} SST-2 validation sentences padded to {LENGTH} tokens, {bundle.manifest.model.name} ({bundle.manifest.encoder}), "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
               f"onnxruntime {onnxruntime.__version__}")
         print(f"| {'runtime':<39} | device | ms / batch | sequences / s | speed-up | argmax = eager |")

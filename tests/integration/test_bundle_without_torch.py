@@ -22,9 +22,9 @@ class NoTorch(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoTorch())
 
 import numpy as np
-from service.bundle import Bundle
+from service.served_bundle import ServedBundle
 
-bundle = Bundle.load(sys.argv[1])
+bundle = ServedBundle.load(sys.argv[1])
 feeds = bundle.encode(["a fine film", "dull"])
 session = bundle.session(bundle.choose_variant("cpu"))
 logits, pooled = session.run(["logits", "pooled"], feeds)
@@ -32,11 +32,11 @@ _, prototypes = bundle.prototype_index().search(pooled, 3)
 _, examples = bundle.example_index().search(pooled, 3)
 store = bundle.examples()
 rows = [store[int(i)] for i in examples[0]]
-assert logits.shape == (2, len(bundle.labels)) and len(rows) == 3 and bundle.exemplars
+assert logits.shape == (2, len(bundle.manifest.labels)) and len(rows) == 3 and bundle.exemplars
 bundle.smoke_test()
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 assert not attempts and not leaked, (attempts, leaked)
-print("served without torch:", bundle.choose_variant("cpu").name, rows[0]["text"])
+print("served without torch:", bundle.choose_variant("cpu").name, rows[0].text)
 """
 
 

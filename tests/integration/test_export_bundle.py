@@ -1,4 +1,4 @@
-"""`protolm export` end to end on a tiny trained model, and `Bundle.load` / `protolm bundle verify` on what it wrote."""
+"""`protolm export` end to end on a tiny trained model, and `ServedBundle.load` / `protolm bundle verify` on what it wrote."""
 
 import json
 import shutil
@@ -7,25 +7,28 @@ import numpy as np
 import pytest
 import torch
 
-from protolm.cli import main
-from protolm.errors import BundleError, ConfigError
+from cli.main import main
+from core.errors import BundleError, ConfigError
 from protolm.model import load_model
 from protolm.projection import load_exemplars
-from protolm.training import TRAINING_FILE
-from service.bundle import (
+from core.bundle import (
     EXAMPLE_INDEX_FILE,
     EXAMPLE_OFFSETS_FILE,
     EXAMPLES_FILE,
     EXEMPLARS_FILE,
+    FORMAT_VERSION,
     MANIFEST_FILE,
     PROTOTYPE_INDEX_FILE,
     TOKENIZER_FILE,
     VARIANT_FILES,
-    Bundle,
-    manifest_bytes,
+    IndexInfo,
     parse_manifest,
+    sealed_json,
+    sha256_file,
 )
+from protolm.training_record import TrainingRecord
 from service.engine import ExampleLookup
+from service.served_bundle import ServedBundle as Bundle
 
 BUNDLE_FILES = [TOKENIZER_FILE, *VARIANT_FILES.values(), PROTOTYPE_INDEX_FILE, EXAMPLE_INDEX_FILE, EXAMPLES_FILE, EXAMPLE_OFFSETS_FILE, EXEMPLARS_FILE]
 
@@ -43,29 +46,31 @@ def flip_byte(path, position=None):
 
 
 def reseal(directory, change):
+    """Change the manifest's JSON and seal it again, as a tool that edits bundles would."""
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
     change(manifest)
-    (directory / MANIFEST_FILE).write_bytes(manifest_bytes(manifest))
+    manifest.pop("manifest_sha256")
+    (directory / MANIFEST_FILE).write_bytes(sealed_json(manifest))
 
 
 def test_manifest_describes_the_bundle(tiny_bundle, tiny_model_dir):
     manifest = Bundle.load(tiny_bundle).manifest
-    training = json.loads((tiny_model_dir / TRAINING_FILE).read_text())
-    assert manifest["format_version"] == 1
-    assert manifest["labels"] == ["negative", "positive"] and manifest["task_type"] == "single"
-    assert manifest["max_length"] == 32 and manifest["architecture"]["num_prototypes"] == 6
-    assert manifest["training_data"] == training["train"]
-    assert manifest["metrics"]["accuracy"] == training["evaluation"]["accuracy"]
-    assert manifest["hyperparameters"]["learning_rate"] == training["config"]["optim"]["learning_rate"]
-    assert sorted(manifest["files"]) == sorted(BUNDLE_FILES)
-    for name, entry in manifest["files"].items():
-        assert entry["size"] == (tiny_bundle / name).stat().st_size
-    assert {"torch", "transformers", "onnx", "onnxruntime", "faiss"} <= {k for k, v in manifest["versions"].items() if v}
-    assert [v["name"] for v in manifest["variants"]] == ["fp32", "optimized", "int8", "fp16"]
-    for variant in manifest["variants"]:
-        assert 0.0 <= variant["accuracy"] <= 1.0 and variant["servable"] == (variant["agreement"] >= 0.99)
+    training = TrainingRecord.read(tiny_model_dir)
+    assert manifest.format_version == FORMAT_VERSION
+    assert manifest.labels == ("negative", "positive") and manifest.task_type == "single"
+    assert manifest.max_length == 32 and manifest.architecture.num_prototypes == 6
+    assert manifest.training_data == {"name": training.train.name, "examples": training.train.examples, "label_counts": training.train.label_counts}
+    assert manifest.metrics["accuracy"] == training.evaluation["accuracy"]
+    assert manifest.hyperparameters["learning_rate"] == training.config.optim.learning_rate
+    assert sorted(manifest.files) == sorted(BUNDLE_FILES)
+    for name, entry in manifest.files.items():
+        assert entry.size == (tiny_bundle / name).stat().st_size
+    assert {"torch", "transformers", "onnx", "onnxruntime", "faiss"} <= {k for k, v in manifest.versions.items() if v}
+    assert [v.name for v in manifest.variants] == ["fp32", "optimized", "int8", "fp16"]
+    for variant in manifest.variants:
+        assert 0.0 <= variant.accuracy <= 1.0 and variant.servable == (variant.agreement >= 0.99)
     # the default cosine similarity: unit vectors, inner products
-    assert manifest["indexes"]["examples"] == {"file": EXAMPLE_INDEX_FILE, "kind": "flat", "metric": "cosine", "count": 60, "recall_at_10": 1.0}
+    assert manifest.indexes.examples == IndexInfo(file=EXAMPLE_INDEX_FILE, kind="flat", metric="cosine", count=60, recall_at_10=1.0)
 
 
 def test_bundle_parts_match_the_model(tiny_bundle, tiny_model_dir):
@@ -86,16 +91,15 @@ def test_bundle_parts_match_the_model(tiny_bundle, tiny_model_dir):
 
     store = bundle.examples()
     row = store[7]
-    assert row["text"] == "lovely number 7" and bundle.labels[row["label"]] == "positive" and row["split"] == "train.csv"
-    example_feeds = bundle.encode([row["text"]])
-    lookup = ExampleLookup(bundle.example_index(), store.__getitem__, bundle.indexes["examples"].metric, "examples")
+    assert row.text == "lovely number 7" and bundle.manifest.labels[row.label] == "positive" and row.split == "train.csv"
+    example_feeds = bundle.encode([row.text])
+    lookup = ExampleLookup(bundle.example_index(), store.__getitem__, bundle.manifest.metric, "examples")
     ((nearest_row, distance),) = lookup.search(session.run(["pooled"], example_feeds)[0], 1)[0]
-    assert nearest_row["text"] == row["text"] and distance == pytest.approx(0.0, abs=1e-5)
+    assert nearest_row == row and distance == pytest.approx(0.0, abs=1e-5)
 
-    exemplars = load_exemplars(tiny_model_dir)
-    assert [e["example_id"] for e in bundle.exemplars] == [e.example_index for e in exemplars]
-    assert [store[e["example_id"]]["text"] for e in bundle.exemplars] == [e.text for e in exemplars]
-    assert bundle.exemplars[0]["words"][0].keys() == {"text", "start", "end", "weight", "segment"}
+    # one exemplar type from projection to the bundle: the model directory's exemplars, as read back
+    assert bundle.exemplars == load_exemplars(tiny_model_dir)
+    assert [store[e.example_id].text for e in bundle.exemplars] == [e.text for e in bundle.exemplars]
 
 
 def test_choose_variant_follows_device_preference(bundle_copy):
@@ -149,14 +153,40 @@ def test_missing_unlisted_and_unknown_version_are_rejected(bundle_copy):
     reseal(bundle_copy, lambda m: m["files"].pop(EXAMPLE_INDEX_FILE))
     with pytest.raises(BundleError, match=f"^{EXAMPLE_INDEX_FILE}: referred to by the manifest but not listed"):
         Bundle.load(bundle_copy)
-    reseal(bundle_copy, lambda m: m.update(format_version=2))
-    with pytest.raises(BundleError, match="bundle format version 2"):
+    reseal(bundle_copy, lambda m: m.update(format_version=99))
+    with pytest.raises(BundleError, match="bundle format version 99; this protolm reads versions 1, 2"):
         Bundle.load(bundle_copy)
-    reseal(bundle_copy, lambda m: (m.update(format_version=1), m.pop("labels")))
+    reseal(bundle_copy, lambda m: (m.update(format_version=FORMAT_VERSION), m.pop("labels")))
     with pytest.raises(BundleError, match="missing key 'labels'"):
         Bundle.load(bundle_copy)
     (bundle_copy / MANIFEST_FILE).unlink()
     with pytest.raises(BundleError, match=f"^{MANIFEST_FILE}: missing"):
+        Bundle.load(bundle_copy)
+
+
+def test_a_format_1_bundle_is_still_served(bundle_copy):
+    """Format 1 differed only in exemplars.json, a bare list; a bundle exported before
+    format 2 loads and gives the same exemplars."""
+    expected = Bundle.load(bundle_copy).exemplars
+    path = bundle_copy / EXEMPLARS_FILE
+    path.write_text(json.dumps(json.loads(path.read_text())["exemplars"]))
+
+    def as_format_1(manifest):
+        manifest["format_version"] = 1
+        manifest["files"][EXEMPLARS_FILE] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+
+    reseal(bundle_copy, as_format_1)
+    bundle = Bundle.load(bundle_copy)
+    assert bundle.manifest.format_version == 1 and bundle.exemplars == expected
+    assert len(bundle.smoke_test()) > 0
+
+
+def test_an_index_in_the_wrong_metric_is_refused(bundle_copy):
+    reseal(bundle_copy, lambda m: m["indexes"]["examples"].update(metric="l2"))
+    with pytest.raises(BundleError, match="the examples index uses 'l2', the cosine similarity needs 'cosine'"):
+        Bundle.load(bundle_copy)
+    reseal(bundle_copy, lambda m: m["architecture"].update(similarity="manhattan"))
+    with pytest.raises(BundleError, match="unknown similarity 'manhattan'"):
         Bundle.load(bundle_copy)
 
 
@@ -172,9 +202,10 @@ def test_export_command_builds_an_hnsw_fp32_only_bundle_and_refuses_to_overwrite
     target = tmp_path / "bundle"
     args = ["export", str(tiny_model_dir), str(target), "--variants", "", "--example-index", "hnsw", "--progress", "false", "--model-version", "v1"]
     assert main(args) == 0
-    bundle = Bundle.load(target)
-    assert [v.name for v in bundle.variants] == ["fp32"] and bundle.version == "v1"
-    assert bundle.indexes["examples"].kind == "hnsw" and bundle.indexes["examples"].recall_at_10 > 0.9
+    manifest = Bundle.load(target).manifest
+    assert [v.name for v in manifest.variants] == ["fp32"] and manifest.model.version == "v1"
+    assert manifest.indexes.examples.kind == "hnsw" and manifest.indexes.examples.recall_at_10 > 0.9
+    assert manifest.indexes.examples.m == 32 and manifest.indexes.examples.lists is None
     assert "recall@10" in capsys.readouterr().out
     assert main(args) == 2
     assert "exists and is not empty" in capsys.readouterr().err

@@ -6,7 +6,8 @@ import pytest
 from protolm.data import DataSource, load_split
 from protolm.inference import predict
 from protolm.model import load_model
-from service.bundle import VARIANT_FILES, Bundle
+from core.bundle import VARIANT_FILES
+from service.served_bundle import ServedBundle
 from tests.parity import assert_parity
 
 pytestmark = pytest.mark.slow
@@ -20,7 +21,7 @@ def model(trained_sst2_model):
 
 @pytest.fixture(scope="module")
 def bundle(exported_sst2_bundle):
-    return Bundle.load(exported_sst2_bundle)
+    return ServedBundle.load(exported_sst2_bundle)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def validation(shared_data_dir, model):
 
 
 def served_labels(bundle, name, data, batch_size=64):
-    session = bundle.session(next(v for v in bundle.variants if v.name == name))
+    session = bundle.session(next(v for v in bundle.manifest.variants if v.name == name))
     labels = []
     for start in range(0, len(data), batch_size):
         feeds = bundle.encode(data.texts[start : start + batch_size])
@@ -64,8 +65,8 @@ def test_int8_agrees_on_500_sst2_sentences(bundle, validation, reference):
 
 def test_manifest_records_measured_variants_and_metrics(bundle, trained_sst2_model):
     _, report = trained_sst2_model
-    assert bundle.manifest["metrics"]["accuracy"] == pytest.approx(report.metrics.accuracy)
-    variants = {v.name: v for v in bundle.variants}
+    assert bundle.manifest.metrics["accuracy"] == pytest.approx(report.metrics.accuracy)
+    variants = {v.name: v for v in bundle.manifest.variants}
     assert list(variants) == ["fp32", "optimized", "int8", "fp16"]
     assert variants["fp32"].agreement == variants["optimized"].agreement == 1.0
     for variant in variants.values():

@@ -121,7 +121,7 @@ def test_protolm_serve_process_drains_in_flight_requests_on_sigterm(exported_sst
     port, metrics_port = free_port(), free_port()
     env = {**os.environ, "PROTOLM_BUNDLE_DIR": str(exported_sst2_bundle), "PROTOLM_HOST": "127.0.0.1", "PROTOLM_PORT": str(port),
            "PROTOLM_METRICS_PORT": str(metrics_port), "PROTOLM_MAX_WAIT_MS": "50"}
-    process = subprocess.Popen([sys.executable, "-m", "protolm.cli", "serve"], env=env)
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], env=env)
     try:
         with ProtoLMClient(f"127.0.0.1:{port}") as client:
             _wait_serving(client, process)

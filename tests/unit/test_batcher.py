@@ -4,8 +4,9 @@ import time
 
 import pytest
 
-from protolm.errors import NotReadyError, OverloadedError
-from service.batcher import DeadlineExceededError, DynamicBatcher
+from core.errors import NotReadyError, OverloadedError
+from core.errors import DeadlineExceededError
+from service.batcher import DynamicBatcher
 
 
 class Recorder:

@@ -20,7 +20,7 @@ from protolm.benchmark.suites import (
     build_suites,
     task_suite,
 )
-from protolm.errors import ConfigError
+from core.errors import ConfigError
 
 TINY_BUDGET = TaskBudget(train_samples=48, epochs=1, seeds=1, test_samples=24, faithfulness_samples=4)
 

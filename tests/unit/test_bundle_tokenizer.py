@@ -6,7 +6,8 @@ from tokenizers import Tokenizer
 
 from export.bundle_writer import write_tokenizer
 from export.onnx_graph import graph_inputs
-from service.bundle import TOKENIZER_FILE, configure_tokenizer, encode_batch
+from core.bundle import TOKENIZER_FILE
+from core.graph_inputs import configure_tokenizer, encode_batch
 
 LONG = " ".join(f"word{i} unbelievably" for i in range(60))
 TEXTS = ["a gripping, beautifully acted film", "Short.", LONG, "naïve café — ünïcode ok?", "x"]

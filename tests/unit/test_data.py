@@ -16,7 +16,7 @@ from protolm.data import (
     load_split,
     validation_split_name,
 )
-from protolm.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(os.environ.get(DATA_DIR_ENV) or REPO.parent / "shared" / "datasets")

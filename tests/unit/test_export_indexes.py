@@ -5,9 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from core.bundle import EXAMPLES_FILE, ExampleRow, ExampleStore
+from core.errors import ConfigError
+from core.similarity import METRICS, metric_for
 from export.indexes import build_index, recall_at_k, write_examples
 from protolm.data import TextClassificationData
-from service.bundle import EXAMPLE_OFFSETS_FILE, EXAMPLES_FILE, ExampleStore
+
+COSINE, L2 = metric_for("cosine"), metric_for("inverse")
 
 
 def clustered(n: int, dimension: int = 16, seed: int = 0) -> np.ndarray:
@@ -16,14 +20,14 @@ def clustered(n: int, dimension: int = 16, seed: int = 0) -> np.ndarray:
     return (centres[rng.integers(0, 20, n)] + rng.normal(size=(n, dimension))).astype(np.float32)
 
 
-@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("metric", [L2, COSINE], ids=["l2", "cosine"])
 def test_flat_index_is_exact(metric):
     vectors = clustered(300)
     index = build_index(vectors, metric)
     queries = vectors[:5]
-    scores, ids = index.search(np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True)) if metric == "cosine" else queries, 3)
+    scores, ids = index.search(metric.prepare(queries), 3)
     assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]
-    if metric == "l2":
+    if metric is L2:
         brute = ((vectors[:5, None] - vectors[None]) ** 2).sum(-1)
         np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, :3], rtol=1e-4, atol=1e-3)
     else:
@@ -32,7 +36,7 @@ def test_flat_index_is_exact(metric):
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
-@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("metric", [L2, COSINE], ids=["l2", "cosine"])
 def test_approximate_indexes_report_recall_against_exact(kind, metric):
     vectors = clustered(4000)
     index = build_index(vectors, metric, kind)
@@ -43,17 +47,38 @@ def test_approximate_indexes_report_recall_against_exact(kind, metric):
 
 def test_ivf_with_one_probe_loses_recall():
     vectors = clustered(4000)
-    assert recall_at_k(build_index(vectors, "l2", "ivf", ivf_nprobe=1), vectors, clustered(200, seed=1), "l2") < 1.0
+    assert recall_at_k(build_index(vectors, L2, "ivf", ivf_nprobe=1), vectors, clustered(200, seed=1), L2) < 1.0
+
+
+@pytest.mark.parametrize("similarity", sorted(METRICS))
+def test_distances_from_index_scores_are_the_layers_distances(similarity):
+    metric = metric_for(similarity)
+    vectors, queries = clustered(50), clustered(4, seed=2)
+    scores, ids = build_index(vectors, metric).search(metric.prepare(queries), 1)
+    nearest = vectors[ids[:, 0]]
+    if metric.normalises:
+        unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+        expected = 1.0 - (unit(queries) * unit(nearest)).sum(1)
+    else:
+        expected = np.linalg.norm(queries - nearest, axis=1)
+    np.testing.assert_allclose(metric.distances(scores)[:, 0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_an_unknown_similarity_or_index_kind_is_refused():
+    with pytest.raises(ConfigError, match="unknown similarity 'manhattan'"):
+        metric_for("manhattan")
+    with pytest.raises(ConfigError, match="index kind"):
+        build_index(clustered(10), COSINE, "lsh")
 
 
 def test_example_store_reads_rows_by_id(tmp_path):
     texts = ["plain", "naïve café", 'quotes " and \\ backslash', "new\nline"]
     data = TextClassificationData(texts, ["a", "b", "c", "d"], np.array([0, 1, 1, 0]), ["no", "yes"], "demo:train")
     write_examples(tmp_path, data)
-    store = ExampleStore(tmp_path / EXAMPLES_FILE, tmp_path / EXAMPLE_OFFSETS_FILE)
+    store = ExampleStore(tmp_path)
     assert len(store) == 4
     for row in (3, 0, 2, 1):
-        assert store[row] == {"id": row, "text": texts[row], "text_pair": "abcd"[row], "label": int(data.labels[row]), "split": "demo:train"}
+        assert store[row] == ExampleRow(id=row, text=texts[row], text_pair="abcd"[row], label=int(data.labels[row]), split="demo:train")
     lines = (tmp_path / EXAMPLES_FILE).read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["id"] for line in lines] == [0, 1, 2, 3]
     with pytest.raises(KeyError):

@@ -8,9 +8,9 @@ from export.bundle_writer import write_tokenizer
 from export.onnx_graph import export_graph, graph_inputs
 from export.variants import build_variants, length_sorted_batches, measure, predicted_labels, write_optimized
 from protolm.data import TextClassificationData
-from protolm.errors import BundleError
+from core.errors import BundleError
 from protolm.inference import predict
-from service.bundle import VARIANT_FILES
+from core.bundle import VARIANT_FILES
 
 WORDS = ["good", "bad", "great fun", "awful", "fine", "dull", "lovely film", "weak plot"]
 
@@ -67,6 +67,6 @@ def test_variants_are_fused_quantised_and_half_precision(exported, tmp_path):
     assert [i.type.tensor_type.elem_type for i in fp16.graph.output] == [onnx.TensorProto.FLOAT] * 5
     reference = predict(model, data, progress=False).labels
     entries = build_variants(tmp_path, ["optimized", "int8", "fp16"], model, batches, data.labels, reference, 0.9, progress=False)
-    assert [e["name"] for e in entries] == ["fp32", "optimized", "int8", "fp16"]
-    assert [e["device"] for e in entries] == ["any", "any", "cpu", "gpu"]
-    assert entries[0]["agreement"] == 1.0 and entries[1]["agreement"] == 1.0
+    assert [e.name for e in entries] == ["fp32", "optimized", "int8", "fp16"]
+    assert [e.device for e in entries] == ["any", "any", "cpu", "gpu"]
+    assert entries[0].agreement == 1.0 and entries[1].agreement == 1.0

@@ -1,6 +1,6 @@
 import pytest
 
-from protolm.highlights import token_highlights, word_highlights
+from core.highlights import token_highlights, word_highlights
 
 
 @pytest.fixture(scope="module")

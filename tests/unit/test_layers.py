@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from protolm.layers import PrototypeLayer, TokenAttention
+from core.errors import ConfigError
+from core.similarity import METRICS
+from protolm.layers import SIMILARITY_FUNCTIONS, PrototypeLayer, TokenAttention
 
 
 def test_padding_gets_exactly_zero_attention():
@@ -25,7 +27,7 @@ def test_pads_do_not_change_real_token_weights():
     assert torch.allclose(short, long[:, :5], atol=1e-7)
 
 
-@pytest.mark.parametrize("similarity", ["inverse", "log", "cosine"])
+@pytest.mark.parametrize("similarity", sorted(METRICS))
 def test_similarities_match_their_definitions(similarity):
     torch.manual_seed(0)
     layer = PrototypeLayer(num_classes=3, per_class=2, hidden_size=8, similarity=similarity, epsilon=1e-4)
@@ -60,6 +62,10 @@ def test_class_identity_is_a_persistent_buffer():
     assert not any(name == "prototype_class" for name, _ in layer.named_parameters())
 
 
+def test_every_similarity_has_a_metric_and_a_formula():
+    assert set(SIMILARITY_FUNCTIONS) == set(METRICS)
+
+
 def test_unknown_similarity_is_rejected():
-    with pytest.raises(ValueError, match="similarity"):
+    with pytest.raises(ConfigError, match="similarity"):
         PrototypeLayer(2, 1, 4, "dot", 1e-4)

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from protolm.errors import ConfigError
+from core.errors import ConfigError
 from protolm.model import BaselineClassifier, ProtoLM, load_model, prototypes_per_class
 
 TEXTS = ["a fine film", "dull, dull and long; i left early", "ok"]

@@ -6,8 +6,8 @@ import onnxruntime
 import pytest
 
 from export.onnx_graph import TRACE_BATCH, TRACE_LENGTH, export_graph, graph_inputs
-from protolm.errors import ConfigError
-from service.bundle import OUTPUT_NAMES
+from core.errors import ConfigError
+from core.bundle import GRAPH_OUTPUTS
 from tests.parity import PARITY_SHAPES, assert_parity, random_inputs
 
 
@@ -29,7 +29,7 @@ def test_graph_names_dynamic_axes_and_opset(make_model, tmp_path):
     dims = lambda value: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]  # noqa: E731
     assert {i.name: dims(i) for i in graph.graph.input} == {name: ["batch", "sequence"] for name in graph_inputs(model)}
     outputs = {o.name: dims(o) for o in graph.graph.output}
-    assert list(outputs) == list(OUTPUT_NAMES)
+    assert list(outputs) == list(GRAPH_OUTPUTS)
     assert outputs["token_attention"] == ["batch", "sequence"]
     assert outputs["prototype_similarities"] == ["batch", model.config.num_prototypes]
     assert outputs["pooled"] == ["batch", model.hidden_size]
@@ -40,7 +40,7 @@ def test_attention_is_zero_on_padding_and_probabilities_are_softmax(make_model, 
     model = make_model()
     session = onnxruntime.InferenceSession(str(export_graph(model, tmp_path / "model.onnx")), providers=["CPUExecutionProvider"])
     feeds = random_inputs(4, 20, graph_inputs(model))
-    logits, probabilities, attention, _, _ = session.run(list(OUTPUT_NAMES), feeds)
+    logits, probabilities, attention, _, _ = session.run(list(GRAPH_OUTPUTS), feeds)
     assert np.all(attention[feeds["attention_mask"] == 0] == 0.0)
     np.testing.assert_allclose(attention.sum(1), 1.0, atol=1e-5)
     exp = np.exp(logits - logits.max(1, keepdims=True))

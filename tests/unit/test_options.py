@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from protolm.options import add_options, from_namespace, option
+from core.options import add_options, from_namespace, option
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ def test_projection_picks_the_true_nearest_example(make_model, train_data, simil
         brute = 1 - unit(prototypes) @ unit(pooled).T
     else:
         brute = np.linalg.norm(prototypes[:, None] - pooled[None], axis=-1)
-    assert [e.example_index for e in exemplars] == brute.argmin(1).tolist()
+    assert [e.example_id for e in exemplars] == brute.argmin(1).tolist()
     assert np.allclose([e.distance for e in exemplars], brute.min(1), atol=1e-3)
     for exemplar in exemplars:
-        assert exemplar.text == TEXTS[exemplar.example_index]
+        assert exemplar.text == TEXTS[exemplar.example_id]
         assert exemplar.prototype_class == model.prototype_class[exemplar.prototype].item()
         assert exemplar.words and sum(w.weight for w in exemplar.words) <= 1.0 + 1e-5
 
@@ -49,7 +49,7 @@ def test_exemplars_round_trip(make_model, train_data, tmp_path):
     assert load_exemplars(tmp_path) == exemplars
     quality = prototype_quality(exemplars)
     assert quality.prototypes == 6
-    assert quality.distinct_exemplars == len({e.example_index for e in exemplars})
+    assert quality.distinct_exemplars == len({e.example_id for e in exemplars})
     assert quality.purity == pytest.approx(np.mean([e.label == e.prototype_class for e in exemplars]))
 
 
@@ -59,6 +59,6 @@ def test_push_moves_prototypes_onto_exemplars_and_retrains_last_layer(make_model
     exemplars = project_prototypes(model, train_data, pooled)
     before = model.classifier.weight.detach().clone()
     push(model, pooled, train_data.labels, exemplars, epochs=5, seed=0)
-    positions = [e.example_index for e in exemplars]
+    positions = [e.example_id for e in exemplars]
     assert torch.allclose(model.prototypes.vectors, torch.from_numpy(pooled[positions]))
     assert not torch.equal(before, model.classifier.weight)

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protolm.errors import BundleError
+from core.errors import BundleError
 from service.backend import FakeBackend
 from service.grpc_api import protolm_pb2 as pb
 from service.grpc_api import protolm_pb2_grpc as pb_grpc
@@ -337,7 +337,7 @@ async def test_tls_with_client_certificates(certificates):
 
 
 def test_tls_needs_both_certificate_and_key():
-    from protolm.errors import ConfigError
+    from core.errors import ConfigError
     from service.server import server_credentials
 
     with pytest.raises(ConfigError, match="both"):
@@ -348,7 +348,7 @@ def test_tls_needs_both_certificate_and_key():
 
 
 async def test_cli_classify_and_explain_through_a_running_server(capsys):
-    from protolm.cli import main
+    from cli.main import main
 
     async with running_server(server_config(), lambda path, cfg: fake_model(cfg)) as server:
         target = f"127.0.0.1:{server.port}"

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from protolm.cli import main
+from cli.main import main
 
 POSITIVE = ["good", "great film", "lovely acting", "a joy", "superb", "wonderful story", "fun", "brilliant"]
 NEGATIVE = ["bad", "awful film", "dull acting", "a bore", "terrible", "weak story", "tedious", "horrible"]

@@ -22,7 +22,8 @@ T = TypeVar("T")
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:
-    """A dataclass field carrying its own help text (and optional ``choices``)."""
+    """A dataclass field carrying its own help text (and optional ``choices``, or an ``env``
+    name where the default ``PROTOLM_FIELD_NAME`` would be ambiguous)."""
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
@@ -73,7 +74,7 @@ def add_options(parser: argparse.ArgumentParser, config_cls: type, skip: tuple[s
             continue
         scalar, optional = _base_type(hints[field.name])
         convert = _converter(scalar, optional)
-        env = env_name(field.name)
+        env = field.metadata.get("env") or env_name(field.name)
         default = field.default
         if env in os.environ:
             try:

@@ -1,8 +1,9 @@
-"""The ``protolm`` command.
+"""The ``protolm`` command, on top of every package; nothing imports it.
 
-Each package contributes its subcommands through a ``commands`` module with a
-``register(subparsers)`` function; the heavy imports happen only inside the handler that
-runs, so ``protolm --help`` is fast and ``protolm serve`` never imports torch. A serving
+Each side contributes its subcommands through a ``commands`` module with a
+``register(subparsers)`` function that imports only argparse and config dataclasses; the
+heavy imports happen inside the handler that runs, so ``protolm --help`` is fast and
+``protolm serve`` never imports torch (``tests/unit/test_layering.py`` checks both). A serving
 install (``protolm[serve]``, no torch) gets only the serving commands.
 """
 
@@ -14,15 +15,18 @@ import importlib.util
 import logging
 import sys
 
-from protolm.errors import ProtoLMError
+from cli import explain
+from core.errors import ProtoLMError
 
+TRAINING_NEEDS = ("torch", "transformers")
+SERVING_NEEDS = ("grpc", "onnxruntime", "tokenizers")
 # Each command module with the distributions it needs; a module whose needs are not installed
 # (torch in a serving image, say) is left out of the CLI instead of breaking it.
 COMMAND_MODULES = (
-    ("protolm.commands", ("torch", "transformers")),
-    ("protolm.benchmark.commands", ("torch", "transformers")),
-    ("export.commands", ("torch", "transformers", "onnx")),
-    ("service.commands", ("grpc", "onnxruntime", "tokenizers")),
+    ("protolm.commands", TRAINING_NEEDS),
+    ("protolm.benchmark.commands", TRAINING_NEEDS),
+    ("export.commands", (*TRAINING_NEEDS, "onnx")),
+    ("service.commands", SERVING_NEEDS),
 )
 
 
@@ -40,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name, needs in COMMAND_MODULES:
         if all(_installed(name) for name in needs):
             importlib.import_module(module_name).register(subparsers)
+    explain.register(subparsers, local=all(map(_installed, TRAINING_NEEDS)), remote=all(map(_installed, SERVING_NEEDS)))
     return parser
 
 

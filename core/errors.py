@@ -1,7 +1,8 @@
 """The project's one exception hierarchy.
 
 Training, export and serving raise these; the gRPC layer maps them to status codes in a
-single place (``service.errors``). Standard library only, so the service can import it.
+single place (``service.errors``), where anything outside this hierarchy is a bug and becomes
+INTERNAL. Standard library only, so every side can import it.
 """
 
 
@@ -31,6 +32,10 @@ class OverloadedError(ProtoLMError):
 
 class NotReadyError(ProtoLMError):
     """The service is starting, reloading or draining and cannot take the request."""
+
+
+class DeadlineExceededError(ProtoLMError):
+    """The caller's deadline passed while its input was still queued."""
 
 
 class UnauthenticatedError(ProtoLMError):
