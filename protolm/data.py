@@ -3,7 +3,7 @@
 A ``DataSource`` names exactly one of:
 
 * ``task``: a benchmark in ``TASKS``, read from ``<data_dir>/<task>/<split>.jsonl.gz`` when
-  that file exists (``data_dir`` or ``$PROTOLM_DATA_DIR``), else from the Hugging Face hub;
+  that file exists (``data_dir``: ``--data-dir`` or ``$PROTOLM_DATA_DIR``), else from the Hugging Face hub;
 * ``dataset``: any hub dataset, ``"name"`` or ``"name:config"``;
 * ``files``: ``(split, path)`` pairs of CSV / TSV / JSONL / JSON / Parquet files, optionally gzipped.
 
@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from core.errors import ConfigError, DataError
+from core.options import env_name
 
-DATA_DIR_ENV = "PROTOLM_DATA_DIR"
 DEFAULT_MAX_LENGTH = 128
 FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 _INT_LITERAL = re.compile(r"[+-]?\d+")
@@ -142,7 +142,7 @@ class DataSource:
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
-    data_dir: str | None = None  # holds <task>/<split>.jsonl.gz; None: $PROTOLM_DATA_DIR
+    data_dir: str | None = None  # holds <task>/<split>.jsonl.gz (the CLI fills it from $PROTOLM_DATA_DIR)
 
     def __post_init__(self) -> None:
         files = self.files.items() if isinstance(self.files, dict) else self.files or ()
@@ -210,8 +210,7 @@ def validation_split_name(source: DataSource) -> str:
 
 
 def _data_dir(source: DataSource) -> Path | None:
-    value = source.data_dir or os.environ.get(DATA_DIR_ENV)
-    return Path(value).expanduser() if value else None
+    return Path(source.data_dir).expanduser() if source.data_dir else None
 
 
 def _load_task(spec: TaskSpec, source: DataSource, split: str,
@@ -230,7 +229,7 @@ def _load_task(spec: TaskSpec, source: DataSource, split: str,
                                 fixed_names=names, where=str(path), name=name)
         missing = f"not found under the data dir (looked for {folder / f'{split}.jsonl.gz'})"
     else:
-        missing = f"not found locally (no data dir: pass data_dir or set {DATA_DIR_ENV})"
+        missing = f"not found locally (no data dir: pass --data-dir or set {env_name('data_dir')})"
     hub_name = spec.hub_path + (f"/{spec.hub_config}" if spec.hub_config else "")
     try:
         dataset = _hub_load(spec.hub_path, spec.hub_config, spec.splits[split])

@@ -53,14 +53,17 @@ def test_fp32_variants_agree_on_500_sst2_sentences(bundle, validation, reference
     assert (served_labels(bundle, variant, validation) == reference).all()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="on this 1-epoch, 2,000-example model int8 agrees on about 98.8%: its logits are small differences "
-    "of large prototype sums and 6% of SST-2 validation sits within 0.02 of p=0.5; the manifest marks int8 "
-    "not servable and the service serves the optimised graph instead",
-)
-def test_int8_agrees_on_500_sst2_sentences(bundle, validation, reference):
-    assert (served_labels(bundle, "int8", validation) == reference).mean() >= 0.99
+def test_int8_keeps_nearly_every_decision_and_is_served_only_above_the_goal(bundle, validation, reference):
+    """int8 is the CPU's first choice only where it agreed with PyTorch on >= 99% at export.
+
+    On this 1-epoch, 2,000-example model int8 agrees on about 98-99%: its logits are small
+    differences of large prototype sums and 6% of SST-2 validation sits within 0.02 of p=0.5.
+    """
+    agreement = (served_labels(bundle, "int8", validation) == reference).mean()
+    assert agreement >= 0.97
+    int8 = next(v for v in bundle.manifest.variants if v.name == "int8")
+    assert int8.agreement >= 0.97 and int8.servable == (int8.agreement >= 0.99)
+    assert (bundle.choose_variant("cpu").name == "int8") == int8.servable
 
 
 def test_manifest_records_measured_variants_and_metrics(bundle, trained_sst2_model):

@@ -1,3 +1,4 @@
+import argparse
 import gzip
 import json
 import os
@@ -7,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.options import add_options, env_name
+from protolm.config import DataConfig
 from protolm.data import (
-    DATA_DIR_ENV,
     TASKS,
     DataSource,
     TextClassificationData,
@@ -19,6 +21,7 @@ from protolm.data import (
 from core.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
+DATA_DIR_ENV = env_name("data_dir")
 DATA_DIR = Path(os.environ.get(DATA_DIR_ENV) or REPO.parent / "shared" / "datasets")
 needs_data = pytest.mark.skipif(
     not DATA_DIR.is_dir(), reason=f"benchmark data dir {DATA_DIR} not found (set {DATA_DIR_ENV})"
@@ -92,9 +95,8 @@ def test_task_label_names_match_labels_json(task):
 
 
 @needs_data
-def test_named_task_text_is_kept_exactly_and_env_data_dir_is_used(monkeypatch):
-    monkeypatch.setenv(DATA_DIR_ENV, str(DATA_DIR))
-    data = load_split(DataSource(task="sst2"), "validation")
+def test_named_task_text_is_kept_exactly():
+    data = load_split(DataSource(task="sst2", data_dir=str(DATA_DIR)), "validation")
     with gzip.open(DATA_DIR / "sst2" / "validation.jsonl.gz", "rt", encoding="utf-8") as handle:
         first = json.loads(handle.readline())
     assert data.texts[0] == first["text"] and data.texts[0].endswith(" ")
@@ -113,13 +115,17 @@ def test_named_task_from_plain_jsonl_in_data_dir(tmp_path, monkeypatch):
     rows = [{"text": "A man sleeps.", "text_pair": "A man is awake.", "label": 1, "idx": 0},
             {"text": "It rains.", "text_pair": "It is wet.", "label": 0, "idx": 1}]
     (folder / "validation.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
-    data = load_split(DataSource(task="rte"), "validation", label_names=["entailment", "not_entailment"])
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))  # read once, by the options, into the data config
+    parser = argparse.ArgumentParser()
+    add_options(parser, DataConfig)
+    data_dir = parser.parse_args([]).data_dir
+    assert data_dir == str(tmp_path)
+    data = load_split(DataSource(task="rte", data_dir=data_dir), "validation", label_names=["entailment", "not_entailment"])
     assert data.texts == ["A man sleeps.", "It rains."]
     assert data.text_pairs == ["A man is awake.", "It is wet."]
     assert data.labels.tolist() == [1, 0]
     with pytest.raises(DataError, match="differ from the expected"):
-        load_split(DataSource(task="rte"), "validation", label_names=["yes", "no"])
+        load_split(DataSource(task="rte", data_dir=data_dir), "validation", label_names=["yes", "no"])
 
 
 def test_named_task_missing_locally_and_hub_unreachable(tmp_path, monkeypatch):
@@ -135,8 +141,7 @@ def test_named_task_missing_locally_and_hub_unreachable(tmp_path, monkeypatch):
     assert str(tmp_path / "qnli" / "train.jsonl.gz") in message
     assert "hub could not be reached" in message and "Couldn't reach the Hugging Face Hub" in message
 
-    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
-    with pytest.raises(DataError, match=DATA_DIR_ENV):
+    with pytest.raises(DataError, match=f"pass --data-dir or set {DATA_DIR_ENV}"):
         load_split(DataSource(task="sst2"), "train")
 
 
