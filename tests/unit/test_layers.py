@@ -27,22 +27,28 @@ def test_pads_do_not_change_real_token_weights():
     assert torch.allclose(short, long[:, :5], atol=1e-7)
 
 
+def _cosine(pooled, vectors):
+    return torch.nn.functional.cosine_similarity(pooled[:, None], vectors[None], dim=-1)
+
+
+# (distance, similarity) of every similarity, written from its definition; a new similarity
+# needs its line here too.
+DEFINITIONS = {
+    "cosine": lambda pooled, vectors: (1 - _cosine(pooled, vectors), _cosine(pooled, vectors)),
+    "inverse": lambda pooled, vectors: (torch.cdist(pooled, vectors), 1 / (torch.cdist(pooled, vectors) + 1e-4)),
+    "log": lambda pooled, vectors: (torch.cdist(pooled, vectors), torch.log((torch.cdist(pooled, vectors) ** 2 + 1) / (torch.cdist(pooled, vectors) ** 2 + 1e-4))),
+}
+
+
 @pytest.mark.parametrize("similarity", sorted(METRICS))
 def test_similarities_match_their_definitions(similarity):
     torch.manual_seed(0)
     layer = PrototypeLayer(num_classes=3, per_class=2, hidden_size=8, similarity=similarity, epsilon=1e-4)
     pooled = torch.randn(5, 8)
     distances, similarities = layer(pooled)
-    l2 = torch.cdist(pooled, layer.vectors)
-    if similarity == "inverse":
-        assert torch.allclose(distances, l2, atol=1e-5)
-        assert torch.allclose(similarities, 1 / (l2 + 1e-4), atol=1e-5)
-    elif similarity == "log":
-        assert torch.allclose(similarities, torch.log((l2**2 + 1) / (l2**2 + 1e-4)), atol=1e-4)
-    else:
-        cosine = torch.nn.functional.cosine_similarity(pooled[:, None], layer.vectors[None], dim=-1)
-        assert torch.allclose(similarities, cosine, atol=1e-6)
-        assert torch.allclose(distances, 1 - cosine, atol=1e-6)
+    expected_distances, expected_similarities = DEFINITIONS[similarity](pooled, layer.vectors)
+    assert torch.allclose(distances, expected_distances, atol=1e-5)
+    assert torch.allclose(similarities, expected_similarities, atol=1e-4)
 
 
 def test_similarity_is_finite_with_finite_gradient_on_a_prototype():
