@@ -21,9 +21,15 @@ from torch.nn import functional as F
 
 @dataclass(frozen=True)
 class LossWeights:
-    ce: float = 0.5
-    cohesion: float = 0.25
-    separation: float = 0.25
+    """lambda0..2; their defaults live once, in ``protolm.config.ModelOptions``."""
+
+    ce: float
+    cohesion: float
+    separation: float
+
+    @classmethod
+    def from_options(cls, options) -> "LossWeights":
+        return cls(options.ce_weight, options.cohesion_weight, options.separation_weight)
 
 
 def top_k_count(top_k: float, per_class: int) -> int:

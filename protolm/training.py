@@ -231,7 +231,7 @@ def train_model(
     )
     callbacks = [EarlyStoppingCallback(optim.early_stopping_patience)] if optim.early_stopping_patience > 0 else []
     spec = ObjectiveSpec(
-        weights=LossWeights(options.ce_weight, options.cohesion_weight, options.separation_weight),
+        weights=LossWeights.from_options(options),
         top_k=top_k_count(options.top_k, model.config.prototypes_per_class),
     )
     trainer = _trainer_class()(

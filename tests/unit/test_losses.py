@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from protolm.config import ModelOptions
 from protolm.losses import LossWeights, cohesion_loss, protolm_loss, separation_loss, top_k_count
 
 CLASSES = torch.tensor([0, 0, 0, 1, 1, 1])
@@ -66,7 +67,7 @@ def test_full_objective_pulls_own_and_pushes_other_prototypes():
     for _ in range(20):
         distances = _distances(pooled, prototypes)
         logits = (1 / (distances + 1e-4)) @ torch.tensor([[1.0, -0.5]] * 3 + [[-0.5, 1.0]] * 3)
-        loss = protolm_loss(logits, distances, labels, CLASSES, 2, LossWeights())["loss"]
+        loss = protolm_loss(logits, distances, labels, CLASSES, 2, LossWeights.from_options(ModelOptions()))["loss"]
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
