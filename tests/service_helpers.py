@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
+import threading
 
 import numpy as np
 
@@ -24,6 +27,25 @@ def minilm_tokenizer(max_length: int = 32):
     from core.graph_inputs import configure_tokenizer
 
     return configure_tokenizer(Tokenizer.from_file(f"{resolve_encoder_path('minilm')}/tokenizer.json"), max_length)
+
+
+class HeldBackend(FakeBackend):
+    """A FakeBackend whose batches wait in the model until the test sets ``release``.
+
+    ``held`` records each batch's size as it enters the model (``batches`` once it runs), so
+    a test can poll for "the model is busy" and decide itself when the model finishes.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.release = threading.Event()
+        self.held: list[int] = []
+
+    def run(self, batch):
+        self.held.append(len(batch))
+        if not self.release.wait(30):  # a failed test must not leave the model thread stuck
+            raise RuntimeError("HeldBackend was never released")
+        return super().run(batch)
 
 
 def fake_model(config: ServerConfig, backend: FakeBackend | None = None, name: str = "fake", is_pair: bool = False) -> ServingModel:
@@ -65,3 +87,17 @@ async def running_server(config: ServerConfig, load_model):
         yield server
     finally:
         await server.stop(grace=1.0)
+
+
+async def until(condition, seconds: float = 10.0) -> None:
+    """Polls instead of sleeping a fixed time, so a loaded machine cannot reorder the steps.
+
+    ``condition`` may return an awaitable (a probe that makes a call), which is awaited."""
+    for _ in range(int(seconds / 0.01)):
+        outcome = condition()
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        if outcome:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never reached the expected state")

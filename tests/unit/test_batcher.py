@@ -4,15 +4,20 @@ import time
 
 import pytest
 
-from core.errors import NotReadyError, OverloadedError
-from core.errors import DeadlineExceededError
+from core.errors import DeadlineExceededError, NotReadyError, OverloadedError
 from service.batcher import DynamicBatcher
+from tests.service_helpers import until
 
 
 class Recorder:
-    """run_batch that doubles its items and records each batch (optionally slowly or failing)."""
+    """run_batch that doubles its items and records each batch (optionally slowly or failing).
+
+    ``entered`` records each batch as it reaches the model, before it waits for ``release``:
+    a test that clears ``release`` can poll it to know the model thread is busy.
+    """
 
     def __init__(self, delay=0.0, fail_if=lambda items: False):
+        self.entered: list[list[int]] = []
         self.batches: list[list[int]] = []
         self.delay = delay
         self.fail_if = fail_if
@@ -20,6 +25,7 @@ class Recorder:
         self.release.set()
 
     def __call__(self, items):
+        self.entered.append(list(items))
         self.release.wait(5)
         self.batches.append(list(items))
         if self.delay:
@@ -95,13 +101,16 @@ async def test_cancelled_and_expired_requests_are_skipped_before_inference():
     recorder.release.clear()  # hold the model thread so the next window queues up
     batcher = make(recorder, max_batch_size=1, max_wait_seconds=0.0)
     blocker = asyncio.create_task(one(batcher, 100))
-    await asyncio.sleep(0.05)
+    await until(lambda: recorder.entered == [[100]])  # taken by the loop, now blocked in the model
+    deadline = time.monotonic() + 0.01
     cancelled = asyncio.create_task(one(batcher, 1))
-    expired = asyncio.create_task(one(batcher, 2, deadline=time.monotonic() + 0.01))
+    expired = asyncio.create_task(one(batcher, 2, deadline=deadline))
     kept = asyncio.create_task(one(batcher, 3))
-    await asyncio.sleep(0.05)
+    await until(lambda: batcher.queue_depth == 3)  # all three wait behind the blocker
+    await until(lambda: time.monotonic() > deadline)  # the deadline passes while queued
     cancelled.cancel()
-    await asyncio.sleep(0.05)
+    await until(cancelled.done)
+    assert batcher.queue_depth == 3 and recorder.entered == [[100]]  # nothing reached the model yet
     recorder.release.set()
     assert (await blocker).value == 200
     assert (await kept).value == 6
@@ -118,9 +127,9 @@ async def test_full_queue_rejects_at_once():
     recorder.release.clear()
     batcher = make(recorder, max_batch_size=1, max_queue_size=3, max_wait_seconds=0.0)
     first = asyncio.create_task(one(batcher, 0))
-    await asyncio.sleep(0.05)  # taken by the loop, now blocked in the model
+    await until(lambda: recorder.entered == [[0]])  # taken by the loop, now blocked in the model
     queued = [asyncio.create_task(one(batcher, i)) for i in (1, 2, 3)]
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queue_depth == 3)
     started = time.monotonic()
     with pytest.raises(OverloadedError, match="queue full"):
         await batcher.submit([9], [1])
@@ -142,9 +151,16 @@ async def test_batches_group_similar_lengths_within_the_token_budget():
 
 
 async def test_stop_drains_queued_work_then_refuses_new_work():
-    batcher = make(Recorder(delay=0.05), max_batch_size=1, max_wait_seconds=0.0)
-    tasks = [asyncio.create_task(one(batcher, i)) for i in range(3)]
-    await asyncio.sleep(0.01)
+    recorder = Recorder(delay=0.05)
+    recorder.release.clear()
+    batcher = make(recorder, max_batch_size=1, max_wait_seconds=0.0)
+    tasks = [asyncio.create_task(one(batcher, 0))]
+    await until(lambda: recorder.entered == [[0]])  # in the model, held there
+    tasks += [asyncio.create_task(one(batcher, i)) for i in (1, 2)]
+    await until(lambda: batcher.queue_depth == 2)  # queued behind it
+    # let the model go only once stop has refused new work and begun to drain: the callback
+    # runs at stop's first wait, when all three inputs are still unfinished
+    asyncio.get_running_loop().call_soon(recorder.release.set)
     await batcher.stop(drain_seconds=5.0)
     assert [(await t).value for t in tasks] == [0, 2, 4]
     with pytest.raises(NotReadyError):
@@ -155,8 +171,10 @@ async def test_stop_without_drain_fails_what_is_left():
     recorder = Recorder()
     recorder.release.clear()
     batcher = make(recorder, max_batch_size=1, max_wait_seconds=0.0)
-    tasks = [asyncio.create_task(one(batcher, i)) for i in range(3)]
-    await asyncio.sleep(0.05)
+    tasks = [asyncio.create_task(one(batcher, 0))]
+    await until(lambda: recorder.entered == [[0]])  # in the model, held there
+    tasks += [asyncio.create_task(one(batcher, i)) for i in (1, 2)]
+    await until(lambda: batcher.queue_depth == 2)  # queued behind it
     await batcher.stop(drain_seconds=0.0)
     recorder.release.set()
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)

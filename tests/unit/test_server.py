@@ -1,6 +1,7 @@
 """The gRPC server end to end on a loopback port, with the deterministic fake backend."""
 
 import asyncio
+import threading
 import time
 import urllib.request
 
@@ -12,7 +13,7 @@ from core.errors import BundleError
 from service.backend import FakeBackend
 from service.grpc_api import protolm_pb2 as pb
 from service.grpc_api import protolm_pb2_grpc as pb_grpc
-from tests.service_helpers import fake_model, running_server, server_config
+from tests.service_helpers import HeldBackend, fake_model, running_server, server_config, until
 
 
 def stubs(port):
@@ -20,13 +21,13 @@ def stubs(port):
     return channel, pb_grpc.ProtoLMServiceStub(channel), health_pb2_grpc.HealthStub(channel)
 
 
-async def until(condition, seconds=10.0):
-    """Polls instead of sleeping a fixed time, so a loaded machine cannot reorder the steps."""
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the server never reached the expected state")
+async def refuses_calls(health) -> bool:
+    """True once the server turns a new call away (it has begun to shut down)."""
+    try:
+        await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+    except grpc.aio.AioRpcError:
+        return True
+    return False
 
 
 def classify_request(*texts):
@@ -110,10 +111,12 @@ async def test_pair_model_requires_pairs():
 
 async def test_health_goes_not_serving_serving_not_serving():
     gate = asyncio.Event()
+    loading = threading.Event()
     loop = asyncio.get_running_loop()
     config = server_config()
 
     def slow_load(path, cfg):
+        loading.set()
         asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(10)
         return fake_model(cfg)
 
@@ -121,12 +124,8 @@ async def test_health_goes_not_serving_serving_not_serving():
 
     server = ProtoLMServer(config, load_model=slow_load)
     starting = asyncio.create_task(server.start())
-    for _ in range(100):
-        if server.port:
-            break
-        await asyncio.sleep(0.02)
+    await until(loading.is_set)  # listening, health NOT_SERVING, and now loading the model
     channel, api, health = stubs(server.port)
-    await asyncio.sleep(0.1)
     assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.NOT_SERVING
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await api.Classify(classify_request("too early"))
@@ -193,33 +192,44 @@ async def test_overload_is_rejected_quickly_with_resource_exhausted():
 
 
 async def test_deadline_exceeded_while_queued():
-    backend = FakeBackend(delay_seconds=0.3)
+    backend = HeldBackend()
     config = server_config(max_batch_size=1, max_wait_ms=0.0)
     async with running_server(config, lambda path, cfg: fake_model(cfg, backend)) as server:
         channel, api, _ = stubs(server.port)
+        batcher = server.engine.model.batcher
         first = asyncio.ensure_future(api.Classify(classify_request("first")))
-        await until(lambda: backend.batches)
+        await until(lambda: backend.held)  # the model is busy with it until released
+        second = asyncio.ensure_future(api.Classify(classify_request("second"), timeout=1.0))
+        await until(lambda: batcher.queue_depth == 1)  # queued behind the first
         with pytest.raises(grpc.aio.AioRpcError) as error:
-            await api.Classify(classify_request("second"), timeout=0.1)
+            await second
         assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # the server's own deadline is a little later than the client's: wait until it has given
+        # up on the call too (its handler is over, only the first is still in flight)
+        await until(lambda: server.metrics.registry.get_sample_value("protolm_requests_in_flight", {"method": "Classify"}) == 1)
+        backend.release.set()
         await first
-        await asyncio.sleep(0.4)
+        await until(lambda: batcher.idle)  # the loop has taken the expired request and run what it was going to run
         assert backend.batches == [1]  # the expired request never reached the model
         await channel.close()
 
 
 async def test_stop_lets_in_flight_requests_finish_and_refuses_new_ones():
-    backend = FakeBackend(delay_seconds=0.3)
+    backend = HeldBackend()
     config = server_config(max_wait_ms=0.0)
     from service.server import ProtoLMServer
 
     server = ProtoLMServer(config, load_model=lambda path, cfg: fake_model(cfg, backend))
     await server.start()
-    channel, api, _ = stubs(server.port)
+    channel, api, health = stubs(server.port)
+    batcher = server.engine.model.batcher
     in_flight = [asyncio.ensure_future(api.Classify(classify_request(f"in flight {i}"))) for i in range(3)]
-    await until(lambda: backend.batches)  # the model is busy with them
-    await asyncio.sleep(0.1)
-    await server.stop(grace=5.0)
+    # all three reached the server: in the (held) model or queued behind it
+    await until(lambda: sum(backend.held) + batcher.queue_depth == 3)
+    stopping = asyncio.create_task(server.stop(grace=5.0))
+    await until(lambda: refuses_calls(health))  # stopping has begun while all three are unfinished
+    backend.release.set()
+    await stopping
     results = await asyncio.gather(*in_flight)
     assert all(len(r.results) == 1 for r in results)
     with pytest.raises(grpc.aio.AioRpcError) as error:
@@ -241,27 +251,28 @@ async def test_reload_swaps_models_without_failing_requests_and_a_bad_bundle_kee
         channel, api, _ = stubs(server.port)
         admin = pb_grpc.ProtoLMAdminServiceStub(channel)
         stop = asyncio.Event()
-        seen, failures = set(), []
+        answers, failures = [], []
 
         async def traffic():
             while not stop.is_set():
                 try:
-                    seen.add((await api.Classify(classify_request("steady traffic"))).metadata.model_name)
+                    answers.append((await api.Classify(classify_request("steady traffic"))).metadata.model_name)
                 except grpc.aio.AioRpcError as exc:
                     failures.append(exc)
 
         workers = [asyncio.create_task(traffic()) for _ in range(4)]
-        await asyncio.sleep(0.2)
+        await until(lambda: answers.count("model-1") >= 4)  # traffic flows on the first model
         reloaded = await admin.Reload(pb.ReloadRequest())
         assert reloaded.model.name == "model-2"
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await admin.Reload(pb.ReloadRequest(bundle_dir="broken"))
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "sha256" in error.value.details()
-        await asyncio.sleep(0.2)
+        after_failed_reload = len(answers)
+        await until(lambda: answers[after_failed_reload:].count("model-2") >= 4)  # and keeps flowing on the second
         stop.set()
         await asyncio.gather(*workers)
         assert not failures
-        assert seen == {"model-1", "model-2"}
+        assert set(answers) == {"model-1", "model-2"}
         assert (await api.GetModelInfo(pb.GetModelInfoRequest())).model.name == "model-2"
         await channel.close()
 
