@@ -93,18 +93,37 @@ def test_alert_rules_name_only_exported_metrics_and_labels(scrape):
         assert grouping_labels(expr) | matcher_labels(expr) <= known, f"unknown label in {expr!r}"
 
 
+def matchers(expr: str) -> dict[str, tuple[str, str]]:
+    """label -> (operator, value) of an expression's label matchers."""
+    return {m.group(1): (m.group(2), m.group(3)) for block in re.findall(r"\{([^}]*)\}", expr)
+            for m in re.finditer(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:\\.|[^"\\])*)"', block)}
+
+
+def quantiles(exprs: list[str]) -> list[float]:
+    """The quantiles a panel's histogram_quantile expressions show."""
+    return sorted(float(q) for e in exprs for q in re.findall(r"histogram_quantile\(\s*([\d.]+)", e))
+
+
 def test_dashboard_has_the_panels_operators_asked_for(dashboard):
     panels = {p["title"]: [t["expr"] for t in p.get("targets", [])] for p in dashboard["panels"] if p["type"] != "row"}
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
 
-    def panel_with(pattern: str) -> list[str]:
-        found = [title for title, exprs in panels.items() if any(re.search(pattern, e) for e in exprs)]
-        assert found, pattern
-        return panels[found[0]]
+    def panels_reading(metric: str, condition=lambda expr: True) -> list[list[str]]:
+        """The panels with an expression that reads ``metric`` and meets ``condition``."""
+        found = [exprs for exprs in panels.values() if any(metric in promql_metric_names(e) and condition(e) for e in exprs)]
+        assert found, f"no panel reads {metric} that way"
+        return found
 
-    assert panel_with(r"sum by \(method, code\) \(rate\(protolm_requests_total")
-    latency = panel_with(r"protolm_request_duration_seconds_bucket\{[^}]*method")
-    assert sorted(re.search(r"histogram_quantile\(([\d.]+)", e).group(1) for e in latency) == ["0.5", "0.95", "0.99"]
-    queue_time = panel_with(r"protolm_queue_duration_seconds_bucket")
-    assert len(queue_time) == 3
-    assert panel_with(r"protolm_batch_size_bucket")
-    assert panel_with(r"protolm_queue_depth")
+    def filtered_by_variable(label: str):
+        """The expression selects ``label`` by the dashboard variable of that name (its picker filters the panel)."""
+        return lambda expr: label in variables and matchers(expr).get(label, ("", ""))[1] == f"${label}"
+
+    # request rate, per method and status code
+    assert panels_reading("protolm_requests_total", lambda e: {"method", "code"} <= grouping_labels(e) and re.search(r"\brate\s*\(", e))
+    # request latency at p50, p95 and p99, for the methods picked
+    latency = panels_reading("protolm_request_duration_seconds_bucket", filtered_by_variable("method"))
+    assert [0.5, 0.95, 0.99] in [quantiles(exprs) for exprs in latency], [quantiles(exprs) for exprs in latency]
+    # queue time at the same quantiles
+    assert [0.5, 0.95, 0.99] in [quantiles(exprs) for exprs in panels_reading("protolm_queue_duration_seconds_bucket")]
+    assert panels_reading("protolm_batch_size_bucket")
+    assert panels_reading("protolm_queue_depth")

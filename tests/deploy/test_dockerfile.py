@@ -1,25 +1,47 @@
 """deploy/Dockerfile, read without a Docker engine: its stages, pins, users, health checks,
 what the serving stages install, and hadolint's verdict."""
 
+import dataclasses
 import fnmatch
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from core.options import env_name
 from service.config import ServerConfig
-from tests.deploy.deploy_helpers import DEPLOY, DOCKERFILE, REPO, healthcheck_command, parse_dockerfile
+from service.server import API_SERVICE, OVERALL
+from tests.deploy.deploy_helpers import (
+    DEPLOY,
+    DOCKERFILE,
+    LOOPBACK,
+    REPO,
+    WILDCARD,
+    accounts,
+    healthcheck,
+    load_deploy_module,
+    parse_dockerfile,
+    prepared_directories,
+    run_health_check,
+    served_config,
+    serving_build,
+    serving_image_programs,
+    shell_commands,
+    split_address,
+)
 
 SERVING_STAGES = ("serve", "serve-gpu")
 FINAL_STAGES = SERVING_STAGES + ("train",)
 BUILD_TOOLS = ("gcc", "g++", "clang", "make", "build-essential", "cmake", "cargo", "rustc", "git")
+EXACT_VERSION = r"\d+(\.\d+)+(\.post\d+)?"
+PIP_OPTIONS_WITH_A_VALUE = {"-c", "--constraint", "-r", "--requirement", "-i", "--index-url", "--extra-index-url",
+                            "-f", "--find-links", "-t", "--target", "--prefix", "--root", "--platform", "--python-version"}
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +53,54 @@ def protolm_variables(env: dict) -> dict:
     return {k: v for k, v in env.items() if k.startswith("PROTOLM_")}
 
 
+def server_options() -> set[str]:
+    return {f.metadata.get("env") or env_name(f.name) for f in dataclasses.fields(ServerConfig)}
+
+
+def image_config(dockerfile, name, root):
+    """The ServerConfig a container of the stage serves with: its ENTRYPOINT + CMD run in its environment."""
+    stage = dockerfile.stage(name)
+    command = stage.exec_form("ENTRYPOINT") + stage.exec_form("CMD")
+    return served_config(command, dockerfile.environment(name), root, serving_image_programs(dockerfile, name))
+
+
 def test_the_three_images_are_stages_of_one_multi_stage_file(dockerfile):
     assert set(FINAL_STAGES) <= set(dockerfile.stages)
-    # serving stages copy a virtualenv built elsewhere, so the build's leftovers stay behind
-    for stage, builder in (("serve", "serve-build"), ("serve-gpu", "serve-gpu-build")):
-        copies = [i.arguments for i in dockerfile.stage(stage).all("COPY")]
-        assert copies == [f"--from={builder} /opt/venv /opt/venv"], copies
+    for name in SERVING_STAGES:
+        build = serving_build(dockerfile, name)
+        # serving stages get their software only as the virtualenv a build stage made with
+        # install-serve.sh, so the build's leftovers (pip, caches, the sources) stay behind
+        assert dockerfile.stage(name).copies() == [build.copy], f"{name} copies more than its virtualenv"
+        # to the path it was built at (its scripts' #! lines name it), on the base it was built on
+        # (its python is a link to the base image's interpreter)
+        assert [s.rstrip("/") for s in build.copy.sources] == [build.venv] and build.copy.dest.rstrip("/") == build.venv, build.copy
+        assert dockerfile.base_image(build.builder) == dockerfile.base_image(name), f"{name} and {build.builder} have different bases"
+        # and its commands come first on the PATH
+        assert dockerfile.environment(name)["PATH"].split(":")[0] == f"{build.venv}/bin"
+
+
+def image_reference_is_exact(reference: str) -> bool:
+    name, _, tag = reference.split("@")[0].rpartition(":")
+    return bool(name) and "/" not in tag and re.match(r"\d+\.\d+\.\d+", tag) is not None
+
+
+def pip_installs(stage):
+    """(constrained?, requirement words) of every `pip install` the stage runs."""
+    for instruction in stage.all("RUN"):
+        for words in shell_commands(instruction.arguments):
+            if "pip" not in words[0] and "pip" not in words[1:3] or "install" not in words:
+                continue
+            args = words[words.index("install") + 1:]
+            requirements, constrained, skip = [], False, False
+            for word in args:
+                if skip:
+                    skip = False
+                elif word.split("=")[0] in PIP_OPTIONS_WITH_A_VALUE:
+                    constrained |= word.split("=")[0] in ("-c", "--constraint")
+                    skip = "=" not in word
+                elif not word.startswith("-"):
+                    requirements.append(word)
+            yield constrained, requirements, instruction
 
 
 def test_base_images_and_versions_are_pinned_build_arguments(dockerfile):
@@ -44,50 +108,104 @@ def test_base_images_and_versions_are_pinned_build_arguments(dockerfile):
     for stage in dockerfile.stages.values():
         base = stage.base
         assert base in dockerfile.stages or re.fullmatch(r"\$\{[A-Z_]+\}", base), f"stage {stage.name}: base {base} is not a build argument"
-    for name in ("PYTHON_IMAGE", "CUDA_IMAGE"):
-        image, _, tag = args[name].partition(":")
-        assert image and re.match(r"\d+\.\d+\.\d+", tag), f"{name}={args[name]} must name an exact version"
-    for name in ("ONNXRUNTIME_GPU_VERSION", "FAISS_GPU_VERSION", "TORCH_VERSION", "MINILM_VERSION"):
-        assert re.fullmatch(r"\d+(\.\d+)+(\.post\d+)?", args[name]), f"{name}={args[name]!r} is not an exact version"
-    assert "latest" not in DOCKERFILE.read_text()
+        # every image the file builds on is an exact version
+        image = dockerfile.base_image(stage.name)
+        assert image_reference_is_exact(image), f"stage {stage.name} is built on {image!r}, not an exact version"
+    for name, value in args.items():
+        assert value != "latest" and not value.endswith(":latest"), f"{name}={value}"
+        if name.endswith("_VERSION"):
+            assert re.fullmatch(EXACT_VERSION, value), f"{name}={value!r} is not an exact version"
+    for name, stage in dockerfile.stages.items():
+        for constrained, requirements, instruction in pip_installs(stage):
+            for requirement in requirements:
+                # a version pinned by a build argument pins it to that argument's exact version
+                for variable in re.findall(r"==\$\{(\w+)\}", requirement):
+                    value = dockerfile.build_args(name).get(variable, "")
+                    assert re.fullmatch(EXACT_VERSION, value), f"line {instruction.line}: {requirement} pins {variable}={value!r} in stage {name}"
+                # and nothing is installed at whatever version the index has today
+                assert constrained or "==" in requirement, f"line {instruction.line}: {requirement} is neither pinned nor constrained"
+    # the versions serve_requirements.py swaps in for the GPU image are exact versions in the stage that installs it
+    gpu_versions = [variable for _, variable in load_deploy_module("serve_requirements").CPU_TO_GPU.values()]
+    builders = [serving_build(dockerfile, name) for name in SERVING_STAGES]
+    assert [b.flavour for b in builders].count("gpu") == 1
+    for build in builders:
+        if build.flavour == "gpu":
+            for variable in gpu_versions:
+                value = dockerfile.build_args(build.builder).get(variable, "")
+                assert re.fullmatch(EXACT_VERSION, value), f"stage {build.builder} builds the GPU virtualenv with {variable}={value!r}"
 
 
 def test_final_stages_run_as_an_unprivileged_user_without_build_tools(dockerfile):
-    uid = dockerfile.global_args["PROTOLM_UID"]
-    assert int(uid) >= 1000
+    users = set()
     for name in FINAL_STAGES:
         stage = dockerfile.stage(name)
         user = stage.last("USER")
-        assert user is not None and user.arguments == "${PROTOLM_UID}:${PROTOLM_UID}", f"{name} must end as the numeric protolm user"
+        assert user is not None, f"{name} runs as root"
+        # numeric, so that Kubernetes' runAsNonRoot can check it; an account the stage creates
+        uid, _, gid = dockerfile.user(name).partition(":")
+        assert uid.isdigit() and int(uid) >= 1000 and gid.isdigit() and int(gid) != 0, f"{name} runs as {dockerfile.user(name)!r}"
+        assert uid in accounts(dockerfile, name).values(), f"{name}: no account has uid {uid}"
+        users.add(uid)
         assert user.line > max(i.line for i in stage.all("RUN")), f"{name}: nothing may run as root after USER"
         for run in stage.all("RUN"):
             installs = re.findall(r"(?:apt-get|apt) install[^&;]*", run.arguments)
             for tool in BUILD_TOOLS:
                 assert not any(re.search(rf"(?<![\w-]){re.escape(tool)}(?![\w-])", part) for part in installs), f"{name} installs {tool}"
+    # the trainer and the servers are one user: the bundles the one writes belong to the others' uid
+    assert len(users) == 1, users
 
 
-def test_serving_stages_health_check_through_grpc_health(dockerfile):
+@pytest.mark.parametrize("name", SERVING_STAGES)
+def test_serving_stages_serve_and_health_check_through_grpc_health(dockerfile, name, tmp_path):
+    stage = dockerfile.stage(name)
+    # the container's command starts the server (exec form, so SIGTERM reaches it and drains)
+    config = image_config(dockerfile, name, tmp_path / "serve")
+    # on every interface, so that published ports reach it, on exactly the ports the image exposes
+    assert config.host in WILDCARD, config.host
+    exposed = {int(port.split("/")[0]) for i in stage.all("EXPOSE") for port in dockerfile.resolve(name, i.arguments).split()}
+    assert exposed == {config.port, config.metrics_port}, f"{name} exposes {exposed}, serves on {config.port} and {config.metrics_port}"
+    # the HEALTHCHECK, run as Docker runs it in that environment, is `protolm health` asking the
+    # server's grpc.health.v1 service on its gRPC port, and answers within Docker's timeout
+    check = healthcheck(stage)
+    assert check is not None and check.command, f"{name} has no health check"
+    run = run_health_check(check.command, dockerfile.environment(name), tmp_path / "health", serving_image_programs(dockerfile, name))
+    invocation = run.invocation
+    assert invocation.returncode == 0 and invocation.args.command == "health", invocation.stderr
+    host, port = split_address(invocation.client["target"])
+    assert host in LOOPBACK and port == config.port, invocation.client
+    assert (invocation.client["tls_ca"] is None) == (config.tls_cert is None), "the check must speak TLS exactly when the server does"
+    assert invocation.health_service in (OVERALL, API_SERVICE)
+    assert invocation.client["timeout"] < check.timeout, f"the client gives up after {invocation.client['timeout']}s, Docker after {check.timeout}s"
+    # healthy exactly when the server says SERVING (the exit status reaches Docker)
+    assert (run.exit_serving, run.exit_not_serving != 0) == (0, True), f"the check exits {run.exit_serving} when SERVING, {run.exit_not_serving} when not"
+    assert check.start_period > 0, "loading a bundle needs a start period"
+
+
+def test_the_training_image_has_no_health_check(dockerfile):
+    check = healthcheck(dockerfile.stage("train"))
+    assert check is not None and check.command is None, "the training job is not a service: HEALTHCHECK NONE"
+
+
+def test_serving_environment_names_real_server_options_and_matches_between_images(dockerfile, tmp_path):
+    configs = {}
     for name in SERVING_STAGES:
-        stage = dockerfile.stage(name)
-        assert stage.exec_form("ENTRYPOINT") == ["protolm", "serve"]
-        assert healthcheck_command(stage) == ["sh", "-c", 'protolm health --server "127.0.0.1:${PROTOLM_PORT}" --timeout 3']
-        assert re.search(r"--start-period=\d+s", stage.last("HEALTHCHECK").arguments), "loading a bundle needs a start period"
-        env = stage.env()
-        assert env["PATH"].startswith("/opt/venv/bin:")
-        assert stage.last("EXPOSE").arguments.split() == [env["PROTOLM_PORT"], env["PROTOLM_METRICS_PORT"]]
-    assert dockerfile.stage("train").last("HEALTHCHECK").arguments == "NONE"
-
-
-def test_serving_environment_names_real_server_options_and_matches_between_images(dockerfile):
-    options = {f"PROTOLM_{f.name.upper()}" for f in fields(ServerConfig)}
-    cpu = protolm_variables(dockerfile.stage("serve").env())
-    gpu = protolm_variables(dockerfile.stage("serve-gpu").env())
-    assert set(cpu) <= options and set(gpu) <= options, sorted((set(cpu) | set(gpu)) - options)
-    assert cpu["PROTOLM_DEVICE"] == "cpu" and gpu["PROTOLM_DEVICE"] == "gpu"
-    assert {k: v for k, v in cpu.items() if k != "PROTOLM_DEVICE"} == {k: v for k, v in gpu.items() if k != "PROTOLM_DEVICE"}
+        variables = protolm_variables(dockerfile.environment(name))
+        assert set(variables) <= server_options(), sorted(set(variables) - server_options())
+        configs[name] = image_config(dockerfile, name, tmp_path / name)
+        # each server asks for the device its virtualenv was built for (onnxruntime or onnxruntime-gpu)
+        assert configs[name].device == serving_build(dockerfile, name).flavour, name
+    # apart from the device, the two images serve alike
+    cpu, gpu = (dataclasses.replace(configs[name], device="") for name in SERVING_STAGES)
+    assert cpu == gpu, {f.name: (getattr(cpu, f.name), getattr(gpu, f.name)) for f in dataclasses.fields(cpu) if getattr(cpu, f.name) != getattr(gpu, f.name)}
     # the bundle lives on the mounted volume, the same place the trainer writes it
-    assert cpu["PROTOLM_BUNDLE_DIR"] == dockerfile.stage("train").env()["PROTOLM_BUNDLE_DIR"]
-    assert cpu["PROTOLM_BUNDLE_DIR"].startswith("/bundles/")
+    bundle_dir = configs["serve"].bundle_dir
+    assert bundle_dir == dockerfile.environment("train")["PROTOLM_BUNDLE_DIR"], "the trainer writes the bundle elsewhere"
+    # whose mount point each image creates and hands to its user, so a fresh volume starts writable by the trainer
+    mount_point = str(Path(bundle_dir).parent)
+    for name in FINAL_STAGES:
+        uid = dockerfile.user(name).split(":")[0]
+        owner = prepared_directories(dockerfile, name).get(mount_point, "missing")
+        assert owner == uid or accounts(dockerfile, name).get(owner) == uid, f"{name}: {mount_point} is {owner}, not the image's user's"
 
 
 def test_serve_extra_pulls_in_neither_torch_nor_transformers():
