@@ -14,10 +14,12 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def configure_tokenizer(tokenizer, max_length: int):
-    """Truncation to ``max_length`` (longest_first for pairs, as the trainer's tokeniser) and
-    no padding: the batch pads to its own longest input."""
+    """Truncation to ``max_length`` (longest_first for pairs, as the trainer's tokeniser), no
+    padding (the batch pads to its own longest input), and special-token strings typed in a
+    text read as plain text (``[SEP]`` in a text is not a segment boundary), as in training."""
     tokenizer.enable_truncation(max_length, strategy="longest_first")
     tokenizer.no_padding()
+    tokenizer.encode_special_tokens = True
     return tokenizer
 
 

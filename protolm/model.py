@@ -97,6 +97,7 @@ class EncoderClassifier(nn.Module):
             max_length=max_length or self.config.max_length,
             padding=True,
             return_tensors="pt",
+            split_special_tokens=True,  # "[SEP]" typed in a text is text, as in the served bundle
         )
         if not self.config.uses_token_type_ids:
             encoded.pop("token_type_ids", None)

@@ -19,7 +19,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
-from core.errors import DeadlineExceededError, NotReadyError, OverloadedError
+from core.errors import DeadlineExceededError, InvalidInputError, NotReadyError, OverloadedError
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +117,20 @@ class DynamicBatcher(Generic[Item, Result]):
         if self._owns_executor:
             self._executor.shutdown(wait=False)
 
-    async def submit(self, items: Sequence[Item], lengths: Sequence[int], deadline: float | None = None) -> list[Completed[Result]]:
-        """Queue a request's inputs and wait for all of them; ``deadline`` is a monotonic time."""
+    def check_capacity(self, count: int) -> None:
+        """Refuse at once what cannot be queued now (retryable) or ever (not retryable)."""
+        if count > self.max_queue_size:
+            raise InvalidInputError(f"{count} inputs in one call can never fit the queue of {self.max_queue_size}; send fewer")
         if not self._accepting:
             raise NotReadyError("the server is not accepting requests")
-        if len(self._queue) + len(items) > self.max_queue_size:
+        if len(self._queue) + count > self.max_queue_size:
             raise OverloadedError(
                 f"queue full ({len(self._queue)} inputs waiting, limit {self.max_queue_size}); retry later"
             )
+
+    async def submit(self, items: Sequence[Item], lengths: Sequence[int], deadline: float | None = None) -> list[Completed[Result]]:
+        """Queue a request's inputs and wait for all of them; ``deadline`` is a monotonic time."""
+        self.check_capacity(len(items))
         loop = asyncio.get_running_loop()
         pending = [_Pending(item, length, loop.create_future(), deadline) for item, length in zip(items, lengths)]
         self._queue.extend(pending)
@@ -133,13 +139,23 @@ class DynamicBatcher(Generic[Item, Result]):
         try:
             return list(await asyncio.gather(*(p.future for p in pending)))
         finally:
-            for p in pending:  # a cancelled or failed caller leaves nothing behind to compute
-                if not p.future.done():
-                    p.future.cancel()
+            self._withdraw(pending)
+
+    def _withdraw(self, pending: list[_Pending]) -> None:
+        """A cancelled or failed caller leaves nothing behind: its inputs still queued leave
+        the queue at once (the depth counts live inputs only) and none of them is computed."""
+        for p in pending:
+            if not p.future.done():
+                p.future.cancel()
+        gone = {id(p) for p in pending}
+        queued = len(self._queue)
+        self._queue = [p for p in self._queue if id(p) not in gone]
+        if len(self._queue) != queued:
+            self._on_queue_depth(len(self._queue))
 
     async def _loop(self) -> None:
         while True:
-            if not self._queue:
+            while not self._queue:  # a withdrawn caller can empty the queue after the wake-up
                 self._wakeup.clear()
                 await self._wakeup.wait()
             oldest = self._queue[0].enqueued

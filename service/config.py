@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.errors import ConfigError
 from core.options import option
 
 
@@ -32,6 +33,13 @@ class ServerConfig:
     tls_client_ca: str | None = option(None, "PEM CA bundle; when set, clients must present a certificate it signed")
     auth_token: str | None = option(None, "when set, every call must carry `authorization: Bearer <token>`")
     reflection: bool = option(True, "enable gRPC server reflection (grpcurl works without the proto)")
+
+    def __post_init__(self) -> None:
+        if self.max_inputs_per_request > self.max_queue_size:
+            raise ConfigError(
+                f"--max-inputs-per-request {self.max_inputs_per_request} is above --max-queue-size {self.max_queue_size}: "
+                "such a request could never be queued"
+            )
 
     @property
     def max_wait_seconds(self) -> float:

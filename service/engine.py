@@ -30,6 +30,7 @@ from service.metrics import Metrics
 from service.preprocess import EncodedInput, Preprocessor, TextInput
 
 log = logging.getLogger(__name__)
+TOKENIZER_THREADS = 2
 
 
 class ExampleLookup:
@@ -98,6 +99,9 @@ class Engine:
         self.metrics = metrics
         self.model: ServingModel | None = None
         self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="protolm-model")
+        # Tokenising runs here, never on the event loop: health checks and small calls stay
+        # fast while a large request is being tokenised (the tokenizer releases the GIL).
+        self._tokenizer_executor = ThreadPoolExecutor(max_workers=TOKENIZER_THREADS, thread_name_prefix="protolm-tokenize")
         self._reload_lock = asyncio.Lock()
 
     @property
@@ -134,6 +138,7 @@ class Engine:
         if model is not None:
             await model.batcher.stop(drain_seconds=drain_seconds)
         self._model_executor.shutdown(wait=False)
+        self._tokenizer_executor.shutdown(wait=False)
 
     def current_model(self) -> ServingModel:
         if self.model is None:
@@ -142,7 +147,9 @@ class Engine:
 
     async def _run(self, inputs: list[TextInput], deadline: float | None, method: str):
         model = self.current_model()
-        encoded = model.preprocessor.encode(inputs)
+        model.preprocessor.validate(inputs)
+        model.batcher.check_capacity(len(inputs))  # overload is refused before any tokenising
+        encoded = await asyncio.get_running_loop().run_in_executor(self._tokenizer_executor, model.preprocessor.encode, inputs)
         completed: list[Completed[InputOutputs]] = await model.batcher.submit(encoded, [e.length for e in encoded], deadline)
         self.metrics.inputs.labels(method=method).inc(len(encoded))
         truncated = sum(e.truncated for e in encoded)

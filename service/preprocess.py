@@ -1,4 +1,10 @@
-"""Request validation and tokenisation with the `tokenizers` library (no transformers)."""
+"""Request validation and tokenisation with the `tokenizers` library (no transformers).
+
+Validation is cheap and runs on the event loop; :meth:`Preprocessor.encode` runs in a worker
+thread and does bounded work: a text is cut to a prefix long enough for the ``max_length``
+tokens the model reads before it is tokenised, so a 10,000-character input costs what a
+few hundred characters cost, and no overflow window the model would not use is built.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +48,11 @@ class InputLimits:
     max_text_chars: int
 
 
+# The first prefix tried is this many characters per token the model reads; each retry
+# takes four times more. Sub-word tokens rarely span more than a few characters.
+PREFIX_CHARS_PER_TOKEN = 8
+
+
 class Preprocessor:
     """Checks a request's inputs against the model and the limits, then tokenises them."""
 
@@ -49,44 +60,117 @@ class Preprocessor:
         self.tokenizer = tokenizer
         self.is_pair = is_pair
         self.limits = limits
+        self.max_length = tokenizer.truncation["max_length"]
+        self._untruncated = _without_truncation(tokenizer)
+        self._pair_specials = tokenizer.num_special_tokens_to_add(True)
 
     def validate(self, inputs: list[TextInput]) -> None:
+        """What can be checked without tokenising: counts, presence and sizes."""
         if not inputs:
             raise InvalidInputError("inputs is empty: send at least one input")
         if len(inputs) > self.limits.max_inputs:
             raise InvalidInputError(f"{len(inputs)} inputs in one call; the limit is {self.limits.max_inputs}")
         for position, item in enumerate(inputs):
             where = f"inputs[{position}]"
-            if not item.text.strip():
-                raise InvalidInputError(f"{where}.text is empty")
             if self.is_pair and item.text_pair is None:
                 raise InvalidInputError(f"{where}: this model classifies text pairs; set text_pair")
             if not self.is_pair and item.text_pair is not None:
                 raise InvalidInputError(f"{where}: this model classifies single texts; text_pair must not be set")
-            if item.text_pair is not None and not item.text_pair.strip():
-                raise InvalidInputError(f"{where}.text_pair is empty")
             for name, value in (("text", item.text), ("text_pair", item.text_pair)):
                 if value is not None and len(value) > self.limits.max_text_chars:
                     raise InvalidInputError(
                         f"{where}.{name} has {len(value)} characters; the limit is {self.limits.max_text_chars}"
                     )
 
-    def encode(self, inputs: list[TextInput]) -> list[EncodedInput]:
-        self.validate(inputs)
-        if self.is_pair:
-            encodings = self.tokenizer.encode_batch([(i.text, i.text_pair) for i in inputs])
-        else:
-            encodings = self.tokenizer.encode_batch([i.text for i in inputs])
-        return [
-            EncodedInput(
-                input=item,
-                ids=np.asarray(encoding.ids, dtype=np.int64),
-                type_ids=np.asarray(encoding.type_ids, dtype=np.int64),
-                offsets=encoding.offsets,
-                word_ids=encoding.word_ids,
-                sequence_ids=encoding.sequence_ids,
-                truncated=bool(encoding.overflowing),
-            )
-            for item, encoding in zip(inputs, encodings)
-        ]
+    def readable_prefix(self, text: str) -> str:
+        """The shortest prefix tried whose complete words hold the ``max_length`` tokens the
+        model reads, or the whole text: tokenising it keeps what tokenising ``text`` keeps."""
+        size = self.max_length * PREFIX_CHARS_PER_TOKEN
+        while size < len(text):
+            words = self._untruncated.encode(text[:size], add_special_tokens=False).word_ids
+            # tokens of the words before the last one: the last may be cut in the middle
+            if words and sum(1 for w in words if w is not None and w < words[-1]) >= self.max_length:
+                return text[:size]
+            size *= 4
+        return text
 
+    def _encode_single(self, text: str):
+        cut = self.readable_prefix(text)
+        encoding = self.tokenizer.encode(cut)
+        return encoding, bool(encoding.overflowing) or cut != text, None
+
+    def _encode_pair(self, text: str, pair: str):
+        """Longest-first truncation, as the tokenizer (and the trainer) does it on the whole
+        texts, computed from bounded encodings: a cut text's length is counted whole
+        (linear work), and no overflow window is built (on a long pair those grow with the
+        product of the two lengths)."""
+        segments, lengths = [], []
+        for whole in (text, pair):
+            cut = self.readable_prefix(whole)
+            encoding = self._untruncated.encode(cut, add_special_tokens=False)
+            segments.append(encoding)
+            lengths.append(len(encoding.ids) if cut == whole else len(self._untruncated.encode(whole, add_special_tokens=False).ids))
+        kept = longest_first(lengths[0], lengths[1], self.max_length - self._pair_specials)
+        for encoding, keep in zip(segments, kept):
+            encoding.truncate(keep)
+        return self.tokenizer.post_process(segments[0], segments[1]), kept != tuple(lengths), kept[0]
+
+    def encode(self, inputs: list[TextInput]) -> list[EncodedInput]:
+        """Tokenise validated inputs; an input with no token the model can read is refused."""
+        encoded = []
+        for position, item in enumerate(inputs):
+            encoding, truncated, first_length = self._encode_pair(item.text, item.text_pair) if self.is_pair else self._encode_single(item.text)
+            sequence_ids = encoding.sequence_ids if first_length is None else _pair_sequence_ids(encoding.special_tokens_mask, first_length)
+            present = set(sequence_ids) - {None}
+            for segment, name in enumerate(("text", "text_pair")[: 2 if self.is_pair else 1]):
+                if segment not in present:
+                    raise InvalidInputError(f"inputs[{position}].{name} has no readable text (empty, blank or invisible characters only)")
+            encoded.append(
+                EncodedInput(
+                    input=item,
+                    ids=np.asarray(encoding.ids, dtype=np.int64),
+                    type_ids=np.asarray(encoding.type_ids, dtype=np.int64),
+                    offsets=encoding.offsets,
+                    word_ids=encoding.word_ids,
+                    sequence_ids=sequence_ids,
+                    truncated=truncated,
+                )
+            )
+        return encoded
+
+
+def _pair_sequence_ids(special_tokens_mask: list[int], first_length: int) -> list[int | None]:
+    """Which text each token comes from (``post_process`` loses the first text's ids)."""
+    ids: list[int | None] = []
+    seen = 0
+    for special in special_tokens_mask:
+        ids.append(None if special else (0 if seen < first_length else 1))
+        seen += not special
+    return ids
+
+
+def longest_first(first: int, second: int, budget: int) -> tuple[int, int]:
+    """Tokens kept of each text of a pair under the tokenizers library's longest-first
+    truncation (tokenizers/src/utils/truncation.rs): when both are too long, the longer
+    keeps the odd token; on a tie, the second."""
+    if first + second <= budget:
+        return first, second
+    shorter, longer = sorted((first, second))
+    if shorter > budget:
+        longer = shorter
+    else:
+        longer = max(shorter, budget - shorter)
+    if shorter + longer > budget:
+        shorter = budget // 2
+        longer = shorter + budget % 2
+    return (longer, shorter) if first > second else (shorter, longer)
+
+
+def _without_truncation(tokenizer):
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    copy.encode_special_tokens = tokenizer.encode_special_tokens
+    return copy

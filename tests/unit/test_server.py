@@ -69,8 +69,9 @@ async def test_classify_and_explain_answer_each_input_with_metadata():
     ("request_", "message"),
     [
         (pb.ClassifyRequest(), "inputs is empty"),
-        (classify_request(""), "inputs[0].text is empty"),
-        (classify_request("ok", "   "), "inputs[1].text is empty"),
+        (classify_request(""), "inputs[0].text has no readable text"),
+        (classify_request("ok", "   "), "inputs[1].text has no readable text"),
+        (classify_request("ok", "\u200b\ufeff\x00"), "inputs[1].text has no readable text"),
         (classify_request(*["x"] * 5), "5 inputs in one call; the limit is 4"),
         (classify_request("y" * 101), "100"),
         (pb.ClassifyRequest(inputs=[pb.TextInput(text="a", text_pair="b")]), "single texts"),
@@ -171,13 +172,13 @@ async def test_a_failing_batch_is_internal_with_a_generic_message_and_the_next_c
 
 
 async def test_overload_is_rejected_quickly_with_resource_exhausted():
-    backend = FakeBackend(delay_seconds=1.0)
-    config = server_config(max_batch_size=1, max_queue_size=2, max_wait_ms=0.0)
+    backend = HeldBackend()
+    config = server_config(max_batch_size=1, max_queue_size=2, max_inputs_per_request=2, max_wait_ms=0.0)
     async with running_server(config, lambda path, cfg: fake_model(cfg, backend)) as server:
         channel, api, _ = stubs(server.port)
         batcher = server.engine.model.batcher
         running = asyncio.ensure_future(api.Classify(classify_request("in the model")))
-        await until(lambda: backend.batches)  # taken by the model, which now sleeps
+        await until(lambda: backend.held)  # taken by the model, which waits for the test
         queued = [asyncio.ensure_future(api.Classify(classify_request(f"queued {i}"))) for i in range(2)]
         await until(lambda: batcher.queue_depth == 2)
         started = time.monotonic()
@@ -185,7 +186,8 @@ async def test_overload_is_rejected_quickly_with_resource_exhausted():
             await api.Classify(classify_request("one too many"))
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queue full" in error.value.details()
-        assert time.monotonic() - started < 0.5  # answered at once, not after the model's second
+        assert time.monotonic() - started < 0.5  # answered at once, not after the model's batch
+        backend.release.set()
         results = await asyncio.gather(running, *queued)
         assert all(len(r.results) == 1 for r in results)  # the accepted work still completes
         await channel.close()
