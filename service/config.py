@@ -14,6 +14,7 @@ class ServerConfig:
     host: str = option("[::]", "address to listen on")
     port: int = option(50051, "gRPC port (0 picks a free one)")
     metrics_port: int = option(9090, "Prometheus /metrics HTTP port (0 picks a free one; -1 disables)")
+    metrics_host: str | None = option(None, "address the /metrics server listens on; default: --host. It uses the gRPC port's TLS settings")
     device: str = option("auto", "auto (GPU when ONNX Runtime has CUDA), cpu or gpu", choices=("auto", "cpu", "gpu"))
     variant: str | None = option(None, "bundle variant to serve (fp32, optimized, int8, fp16); default: best servable for the device")
     intra_op_threads: int = option(0, "ONNX Runtime threads inside one operator (0: one per core)")
@@ -27,14 +28,21 @@ class ServerConfig:
     max_text_chars: int = option(10000, "longest text (or text_pair) accepted, in characters; token overflow is truncated instead")
     max_top_prototypes: int = option(50, "most prototypes one Explain input may ask for")
     max_nearest_examples: int = option(50, "most nearest training examples one Explain input may ask for")
-    drain_seconds: float = option(20.0, "on SIGTERM, how long in-flight requests may take to finish")
+    drain_delay: float = option(5.0, "on SIGTERM, seconds to keep serving while health reports NOT_SERVING, so load balancers and Kubernetes stop sending calls here before new ones are refused")
+    drain_seconds: float = option(20.0, "after the drain delay, how long admitted calls may take to finish (new calls get UNAVAILABLE)")
     tls_cert: str | None = option(None, "PEM server certificate; with --tls-key enables TLS")
     tls_key: str | None = option(None, "PEM private key of the server certificate")
     tls_client_ca: str | None = option(None, "PEM CA bundle; when set, clients must present a certificate it signed")
-    auth_token: str | None = option(None, "when set, every call must carry `authorization: Bearer <token>`")
+    auth_token: str | None = option(None, "when set, every call must carry `authorization: Bearer <token>` (health checks stay open)")
+    admin_token: str | None = option(None, "bearer token of the admin service (Reload); without it the admin service is off")
+    admin_without_token: bool = option(False, "serve the admin service without a token; only allowed when --host is a loopback address")
+    bundle_root: str | None = option(None, "Reload(bundle_dir) loads only bundles under this directory; default: the parent of --bundle-dir")
+    max_request_bytes: int = option(4 << 20, "largest request accepted, in bytes (RESOURCE_EXHAUSTED beyond)")
     reflection: bool = option(True, "enable gRPC server reflection (grpcurl works without the proto)")
 
     def __post_init__(self) -> None:
+        if self.admin_without_token and not is_loopback(self.host):
+            raise ConfigError(f"--admin-without-token needs a loopback --host, not {self.host!r}: set --admin-token instead")
         if self.max_inputs_per_request > self.max_queue_size:
             raise ConfigError(
                 f"--max-inputs-per-request {self.max_inputs_per_request} is above --max-queue-size {self.max_queue_size}: "
@@ -54,3 +62,15 @@ class ClientConfig:
     token: str | None = option(None, "bearer token sent with every call", env="PROTOLM_CLIENT_TOKEN")
     tls_ca: str | None = option(None, "PEM CA certificate that signed the server's certificate (enables TLS)", env="PROTOLM_CLIENT_TLS_CA")
     timeout: float = option(30.0, "seconds to wait for the reply", env="PROTOLM_CLIENT_TIMEOUT")
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

@@ -46,9 +46,13 @@ class Metrics:
         self.model_info.clear()
         self.model_info.labels(name=name, version=version, variant=variant, provider=provider).set(1)
 
-    def serve(self, host: str, port: int) -> int:
-        """Starts the /metrics HTTP server; returns the port it got."""
-        server, _ = start_http_server(port, addr=host.strip("[]"), registry=self.registry)
+    def serve(self, host: str, port: int, certfile: str | None = None, keyfile: str | None = None, client_cafile: str | None = None) -> int:
+        """Starts the /metrics HTTP server (HTTPS with a certificate; client certificates
+        required with a client CA, as on the gRPC port); returns the port it got."""
+        server, _ = start_http_server(
+            port, addr=host.strip("[]"), registry=self.registry, certfile=certfile, keyfile=keyfile,
+            client_cafile=client_cafile, client_auth_required=client_cafile is not None,
+        )
         self._http_server = server
         return server.server_port
 

@@ -1,9 +1,12 @@
 """The gRPC server: lifecycle, health, reflection, TLS, signals and hot reload.
 
 Start-up: listen with health NOT_SERVING, load and warm the bundle, then report SERVING.
-SIGTERM/SIGINT: report NOT_SERVING, stop taking new calls, let in-flight calls finish for
-up to ``drain_seconds``, exit. SIGHUP (or the admin Reload call): load the bundle again off
-the event loop and swap it in; a bad bundle is logged and the old model keeps serving.
+SIGTERM: report NOT_SERVING at once and keep serving for ``drain_delay`` seconds (load
+balancers and Kubernetes stop routing here meanwhile), then answer new calls UNAVAILABLE
+(retryable) while every admitted call finishes, for up to ``drain_seconds``; then exit.
+No admitted call ends CANCELLED. SIGINT does the same without the delay. SIGHUP (or the
+admin Reload call): load the bundle again off the event loop and swap it in; a bad bundle
+is logged and the old model keeps serving.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core.errors import ConfigError, ProtoLMError
+from core.errors import ConfigError, InvalidInputError, ProtoLMError
 from service.config import ServerConfig
 from service.engine import Engine, ServingModel
 from service.grpc_api import protolm_pb2 as pb
 from service.grpc_api import protolm_pb2_grpc as pb_grpc
-from service.interceptors import BearerTokenInterceptor, ObservabilityInterceptor
+from service.interceptors import Access, ServiceInterceptor
 from service.metrics import Metrics
 from service.servicer import ProtoLMAdminServicer, ProtoLMServicer
 
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 API_SERVICE = pb.DESCRIPTOR.services_by_name["ProtoLMService"].full_name
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["ProtoLMAdminService"].full_name
 OVERALL = ""  # the health service's name for the server as a whole
+QUIET_SECONDS = 0.25  # while draining, how long no call may arrive before the listener closes
 
 ModelLoader = Callable[[str, ServerConfig], ServingModel]
 
@@ -67,6 +71,13 @@ class ProtoLMServer:
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
+        self.draining = False
+        self.interceptor = ServiceInterceptor(
+            self.metrics,
+            Access(tokens={API_SERVICE: config.auth_token, ADMIN_SERVICE: config.admin_token}, default_token=config.auth_token),
+            config.max_request_bytes,
+            draining=lambda: self.draining,
+        )
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -75,15 +86,17 @@ class ProtoLMServer:
 
     async def start(self) -> None:
         """Listen (NOT_SERVING), load and warm the model, then report SERVING."""
-        interceptors = [ObservabilityInterceptor(self.metrics, (API_SERVICE, ADMIN_SERVICE))]
-        if self.config.auth_token:
-            interceptors.insert(0, BearerTokenInterceptor(self.config.auth_token))
-        server = grpc.aio.server(interceptors=interceptors)
+        # gRPC's own limit sits above ours, so an oversized call gets our counted answer
+        server = grpc.aio.server(
+            interceptors=[self.interceptor], options=[("grpc.max_receive_message_length", 2 * self.config.max_request_bytes)]
+        )
         pb_grpc.add_ProtoLMServiceServicer_to_server(ProtoLMServicer(self.engine), server)
-        pb_grpc.add_ProtoLMAdminServiceServicer_to_server(ProtoLMAdminServicer(self.engine, self.reload), server)
+        names = [API_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        if self.config.admin_token or self.config.admin_without_token:
+            pb_grpc.add_ProtoLMAdminServiceServicer_to_server(ProtoLMAdminServicer(self.engine, self.reload), server)
+            names.append(ADMIN_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.config.reflection:
-            names = (API_SERVICE, ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, server)
         address = f"{self.config.host}:{self.config.port}"
         credentials = server_credentials(self.config)
@@ -94,15 +107,44 @@ class ProtoLMServer:
         await server.start()
         self._server = server
         if self.config.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port)
+            self.metrics_port = self.metrics.serve(
+                self.config.metrics_host or self.config.host,
+                self.config.metrics_port,
+                certfile=self.config.tls_cert,
+                keyfile=self.config.tls_key,
+                client_cafile=self.config.tls_client_ca,
+            )
         log.info("listening on %s (port %d), metrics on port %s", address, self.port, self.metrics_port)
         await self.engine.activate(lambda: self.load_model(self.bundle_dir, self.config))
         await self._set_health(True)
         log.info("SERVING")
 
+    def _reload_target(self, bundle_dir: str | None) -> str:
+        """The bundle a Reload asks for, which must lie under the bundle root; the answer
+        says nothing about paths outside it."""
+        if bundle_dir is None:
+            return self.bundle_dir
+        root = Path(self.config.bundle_root or Path(self.config.bundle_dir).parent).resolve()
+        target = (root / bundle_dir).resolve()
+        if (target != root and root not in target.parents) or not target.is_dir():
+            raise InvalidInputError(f"bundle_dir {bundle_dir!r} is not a bundle directory under the server's bundle root")
+        return str(target)
+
     async def reload(self, bundle_dir: str | None = None) -> None:
-        """Swap in a freshly loaded bundle; on failure, keep serving the current one and raise."""
-        target = bundle_dir or self.bundle_dir
+        """Swap in a freshly loaded bundle; on failure, keep serving the current one and raise.
+
+        The reload runs to its end even when the caller gives up (deadline, cancel): a
+        model half-loaded is never left behind, and the outcome is logged either way."""
+        target = self._reload_target(bundle_dir)
+        task = asyncio.ensure_future(self._reload(target))
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())  # logged in _reload
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            log.warning("the caller of the reload of %s went away; the reload goes on and its outcome is logged", target)
+            raise
+
+    async def _reload(self, target: str) -> None:
         try:
             await self.engine.activate(lambda: self.load_model(target, self.config))
         except Exception as exc:
@@ -114,13 +156,28 @@ class ProtoLMServer:
             raise
         self.bundle_dir = target
         self.metrics.reloads.labels(result="ok").inc()
+        log.info("reloaded %s", target)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, refuse new calls, finish in-flight ones within ``grace`` seconds."""
+    async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
+        """NOT_SERVING at once; keep serving for ``drain_delay`` seconds; then refuse new
+        calls with UNAVAILABLE and let every admitted call finish within ``grace`` seconds."""
         grace = self.config.drain_seconds if grace is None else grace
         await self._set_health(False)
+        if drain_delay > 0:
+            log.info("NOT_SERVING; still serving for %.1fs while load balancers catch up", drain_delay)
+            await asyncio.sleep(drain_delay)  # the delay is the point: traffic keeps being served
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Every admitted call finishes; calls still arriving hear UNAVAILABLE from the
+        # interceptor. gRPC cancels calls it has received but not yet handed to a handler
+        # when it stops, so it stops only once calls have stopped arriving for a moment.
+        while not self.interceptor.quiet_for(QUIET_SECONDS) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.interceptor.in_flight:
+            log.warning("%d calls still running after %.1fs of draining; they are cut off", self.interceptor.in_flight, grace)
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(max(deadline - loop.time(), 1.0))
         await self.engine.stop(drain_seconds=0)
         self.metrics.close()
         self._stopped.set()
@@ -135,10 +192,10 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task] = []
 
-    def on_stop() -> None:
+    def on_stop(drain_delay: float) -> None:
         if not stopping:
-            log.info("draining (up to %.0fs)", config.drain_seconds)
-            stopping.append(loop.create_task(server.stop()))
+            log.info("draining (delay %.0fs, then up to %.0fs)", drain_delay, config.drain_seconds)
+            stopping.append(loop.create_task(server.stop(drain_delay=drain_delay)))
 
     def on_reload() -> None:
         async def run() -> None:
@@ -149,8 +206,8 @@ async def serve(config: ServerConfig) -> None:
 
         loop.create_task(run())
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(signal.SIGTERM, on_stop, config.drain_delay)
+    loop.add_signal_handler(signal.SIGINT, on_stop, 0.0)  # Ctrl-C: someone is waiting at a terminal
     loop.add_signal_handler(signal.SIGHUP, on_reload)
     try:
         await server.start()

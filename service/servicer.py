@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Awaitable, Callable
 
 from core.bundle import Exemplar
+from core.errors import InvalidInputError
 from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Explanation
 from core.highlights import Highlight
 from service.engine import Engine, ExplainOptions, Served, ServingModel, deadline_from
@@ -117,6 +118,8 @@ class ProtoLMServicer(pb_grpc.ProtoLMServiceServicer):
 
     async def Explain(self, request, context):
         options = request.options
+        if options.granularity not in pb.WeightGranularity.values():
+            raise InvalidInputError(f"options.granularity {options.granularity} is not a WeightGranularity value")
         explain_options = ExplainOptions(
             top_prototypes=options.top_prototypes if options.HasField("top_prototypes") else DEFAULT_TOP_PROTOTYPES,
             nearest_examples=options.nearest_examples if options.HasField("nearest_examples") else 0,

@@ -145,3 +145,24 @@ def exported_sst2_bundle(trained_sst2_model, tmp_path_factory) -> Path:
 
     model_dir, _ = trained_sst2_model
     return run_export(model_dir, tmp_path_factory.mktemp("protolm-sst2-bundle") / "bundle", ExportConfig(progress=False))
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory):
+    """A CA, and a server and a client certificate it signed (openssl, 1-day validity)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    directory = tmp_path_factory.mktemp("tls")
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=protolm-test-ca", "-keyout", "ca.key", "-out", "ca.pem")
+    (directory / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", "san.cnf", "-out", f"{name}.pem")
+    return directory

@@ -21,7 +21,7 @@ TARGET_LABELS = {"instance", "job"}  # labels Prometheus adds to every scraped s
 
 
 async def scrape_after_traffic() -> str:
-    async with running_server(server_config(), lambda path, cfg: fake_model(cfg)) as server:
+    async with running_server(server_config(admin_without_token=True), lambda path, cfg: fake_model(cfg)) as server:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         api, admin = pb_grpc.ProtoLMServiceStub(channel), pb_grpc.ProtoLMAdminServiceStub(channel)
         await api.Classify(pb.ClassifyRequest(inputs=[pb.TextInput(text="a fine film"), pb.TextInput(text="long " * 200)]))

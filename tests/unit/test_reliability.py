@@ -17,6 +17,7 @@ from core.graph_inputs import configure_tokenizer
 from service.grpc_api import protolm_pb2 as pb
 from service.grpc_api import protolm_pb2_grpc as pb_grpc
 from service.preprocess import InputLimits, Preprocessor, TextInput, longest_first
+from service.backend import FakeBackend
 from tests.service_helpers import HeldBackend, fake_model, minilm_tokenizer, running_server, server_config, until
 
 CJK = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(10_000))  # 10,000 distinct-ish CJK characters
@@ -167,4 +168,176 @@ async def test_invisible_only_text_is_refused_like_blank_text():
                 await api.Classify(classify_request(text))
             assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no readable text" in error.value.details()
         assert np.isclose(sum(p.probability for p in (await api.Classify(classify_request("fine"))).results[0].probabilities), 1.0)
+        await channel.close()
+
+
+# -- what reaches the servicer: authenticated first, decoded, counted by its final code
+
+
+def requests_counted(server, method: str, code: str) -> float:
+    return server.metrics.requests.labels(method=method, code=code)._value.get()
+
+
+def raw_call(channel, method: str):
+    return channel.unary_unary(f"/protolm.v1.ProtoLMService/{method}", request_serializer=None, response_deserializer=None)
+
+
+async def test_malformed_bytes_are_invalid_argument_counted_and_logged_once(caplog):
+    async with running_server(server_config(), lambda path, cfg: fake_model(cfg)) as server:
+        channel, _, _ = stubs(server.port)
+        invalid_utf8 = b"\x0a\x04\x0a\x02\xff\xfe"  # inputs[0].text = b"\xff\xfe"
+        for payload in (invalid_utf8, b"\xff" * 40, b"\x0a\x80"):
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await raw_call(channel, "Classify")(payload, timeout=5)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.value.details() == "malformed request: the bytes are not a valid Classify request message"
+        assert requests_counted(server, "Classify", "INVALID_ARGUMENT") == 3
+        lines = [r for r in caplog.records if "not a valid request" in r.getMessage()]
+        assert len(lines) == 1 and not any(r.exc_info for r in caplog.records)
+        await channel.close()
+
+
+async def test_authentication_comes_before_parsing_and_is_counted(caplog):
+    async with running_server(server_config(auth_token="s3cret"), lambda path, cfg: fake_model(cfg)) as server:
+        channel, api, health = stubs(server.port)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await raw_call(channel, "Classify")(b"\xff" * 40, timeout=5)
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert not [r for r in caplog.records if "not a valid request" in r.getMessage()]
+        for scheme in ("Bearer", "bearer", "BEARER"):  # RFC 6750: the scheme is case-insensitive
+            response = await api.Classify(classify_request("fine"), metadata=(("authorization", f"{scheme} s3cret"),))
+            assert len(response.results) == 1
+        assert requests_counted(server, "Classify", "UNAUTHENTICATED") == 1
+        assert requests_counted(server, "Classify", "OK") == 3
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+        await channel.close()
+
+
+async def test_an_oversized_request_is_resource_exhausted_and_counted():
+    async with running_server(server_config(max_request_bytes=1000), lambda path, cfg: fake_model(cfg)) as server:
+        channel, api, _ = stubs(server.port)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await api.Classify(classify_request("x" * 1500), timeout=5)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the limit is 1,000" in error.value.details()
+        assert requests_counted(server, "Classify", "RESOURCE_EXHAUSTED") == 1
+        await channel.close()
+
+
+async def test_a_deadline_enforced_by_grpc_is_counted_as_deadline_exceeded():
+    backend = HeldBackend(num_classes=2, num_prototypes=4)
+    async with running_server(server_config(), lambda path, cfg: fake_model(cfg, backend)) as server:
+        channel, api, _ = stubs(server.port)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await api.Classify(classify_request("held past its deadline"), timeout=0.3)
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await until(lambda: requests_counted(server, "Classify", "DEADLINE_EXCEEDED") == 1)
+        assert requests_counted(server, "Classify", "CANCELLED") == 0
+        backend.release.set()
+        await channel.close()
+
+
+async def test_an_unknown_enum_value_is_invalid_argument():
+    async with running_server(server_config(), lambda path, cfg: fake_model(cfg)) as server:
+        channel, api, _ = stubs(server.port)
+        request = pb.ExplainRequest(inputs=[pb.TextInput(text="fine")], options=pb.ExplainOptions(granularity=99))
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await api.Explain(request, timeout=5)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "granularity 99" in error.value.details()
+        await channel.close()
+
+
+# -- the admin service: its own credential, bundles only under the bundle root
+
+
+def test_admin_without_a_token_only_on_loopback():
+    with pytest.raises(ConfigError, match="loopback"):
+        server_config(host="0.0.0.0", admin_without_token=True)
+    assert server_config(host="[::1]", admin_without_token=True).admin_without_token
+
+
+async def test_reload_needs_the_admin_token_and_stays_under_the_bundle_root(tmp_path):
+    root = tmp_path / "bundles"
+    for name in ("current", "next"):
+        (root / name).mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    loaded = []
+
+    def load(path, cfg):
+        loaded.append(path)
+        return fake_model(cfg, name=path.rsplit("/", 1)[-1])
+
+    config = server_config(bundle_dir=str(root / "current"), auth_token="data", admin_token="admin")
+    async with running_server(config, load) as server:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        admin = pb_grpc.ProtoLMAdminServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as error:  # the data-plane token is not the admin's
+            await admin.Reload(pb.ReloadRequest(bundle_dir="next"), metadata=(("authorization", "Bearer data"),))
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        token = (("authorization", "Bearer admin"),)
+        messages = set()
+        for probe in ("../outside", str(tmp_path / "outside"), "/etc", "no-such-bundle", "../../../../etc"):
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await admin.Reload(pb.ReloadRequest(bundle_dir=probe), metadata=token)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            messages.add(error.value.details().replace(repr(probe), "PROBE"))
+        assert messages == {"bundle_dir PROBE is not a bundle directory under the server's bundle root"}
+        reloaded = await admin.Reload(pb.ReloadRequest(bundle_dir="next"), metadata=token)
+        assert reloaded.model.name == "next" and loaded == [str(root / "current"), str(root / "next")]
+        await channel.close()
+
+
+async def test_metrics_port_uses_the_grpc_ports_tls(certificates):
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    config = server_config(tls_cert=str(certificates / "server.pem"), tls_key=str(certificates / "server.key"),
+                           tls_client_ca=str(certificates / "ca.pem"), metrics_host="127.0.0.1")
+    async with running_server(config, lambda path, cfg: fake_model(cfg)) as server:
+        plain = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            await asyncio.to_thread(urllib.request.urlopen, plain, timeout=5)
+        context = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):  # no client certificate
+            await asyncio.to_thread(lambda: urllib.request.urlopen(f"https://127.0.0.1:{server.metrics_port}/metrics", context=context, timeout=5).read())
+        context.load_cert_chain(str(certificates / "client.pem"), str(certificates / "client.key"))
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"https://127.0.0.1:{server.metrics_port}/metrics", context=context, timeout=5).read())
+        assert b"protolm_requests_in_flight" in body
+
+
+# -- shutdown: NOT_SERVING for the whole drain delay, no admitted call lost, later calls UNAVAILABLE
+
+
+@pytest.mark.parametrize("run", range(3))
+async def test_shutdown_drains_without_losing_an_admitted_call(run):
+    """32 callers loop through a shutdown: health says NOT_SERVING for the whole drain delay
+    while calls are still served; afterwards every call is UNAVAILABLE (retryable), none
+    CANCELLED, none failed."""
+    config = server_config(max_wait_ms=1.0, drain_seconds=10.0)
+    async with running_server(config, lambda path, cfg: fake_model(cfg, FakeBackend(delay_seconds=0.002))) as server:
+        channel, api, health = stubs(server.port)
+        outcomes: list[str] = []
+
+        async def caller():
+            while True:
+                try:
+                    await api.Classify(classify_request("steady traffic"), timeout=10)
+                    outcomes.append("OK")
+                except grpc.aio.AioRpcError as exc:
+                    outcomes.append(exc.code().name)
+                    return  # a real client retries elsewhere
+
+        callers = [asyncio.ensure_future(caller()) for _ in range(32)]
+        await until(lambda: outcomes.count("OK") >= 64)
+        stopping = asyncio.ensure_future(server.stop(drain_delay=0.5))
+        statuses, served_before = [], outcomes.count("OK")
+        while not server.draining:  # the delay: NOT_SERVING, and still serving
+            statuses.append((await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status)
+        served_in_delay = outcomes.count("OK") - served_before
+        await stopping
+        await asyncio.gather(*callers)
+        assert statuses and set(statuses) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+        assert served_in_delay > 0
+        assert set(outcomes) == {"OK", "UNAVAILABLE"}, {code: outcomes.count(code) for code in set(outcomes)}
+        assert outcomes.count("UNAVAILABLE") == 32  # each caller's first call after the delay
         await channel.close()

@@ -240,18 +240,22 @@ async def test_stop_lets_in_flight_requests_finish_and_refuses_new_ones():
     await channel.close()
 
 
-async def test_reload_swaps_models_without_failing_requests_and_a_bad_bundle_keeps_the_old():
+async def test_reload_swaps_models_without_failing_requests_and_a_bad_bundle_keeps_the_old(tmp_path):
     loads = {"count": 0}
+    (tmp_path / "current").mkdir()
+    (tmp_path / "broken").mkdir()
 
     def load(path, cfg):
-        if path == "broken":
+        if path.endswith("broken"):
             raise BundleError("model.onnx: sha256 mismatch")
         loads["count"] += 1
         return fake_model(cfg, FakeBackend(delay_seconds=0.01), name=f"model-{loads['count']}")
 
-    async with running_server(server_config(), load) as server:
+    config = server_config(bundle_dir=str(tmp_path / "current"), admin_token="admin-secret")
+    async with running_server(config, load) as server:
         channel, api, _ = stubs(server.port)
         admin = pb_grpc.ProtoLMAdminServiceStub(channel)
+        admin_token = (("authorization", "Bearer admin-secret"),)
         stop = asyncio.Event()
         answers, failures = [], []
 
@@ -264,10 +268,10 @@ async def test_reload_swaps_models_without_failing_requests_and_a_bad_bundle_kee
 
         workers = [asyncio.create_task(traffic()) for _ in range(4)]
         await until(lambda: answers.count("model-1") >= 4)  # traffic flows on the first model
-        reloaded = await admin.Reload(pb.ReloadRequest())
+        reloaded = await admin.Reload(pb.ReloadRequest(), metadata=admin_token)
         assert reloaded.model.name == "model-2"
         with pytest.raises(grpc.aio.AioRpcError) as error:
-            await admin.Reload(pb.ReloadRequest(bundle_dir="broken"))
+            await admin.Reload(pb.ReloadRequest(bundle_dir="broken"), metadata=admin_token)
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "sha256" in error.value.details()
         after_failed_reload = len(answers)
         await until(lambda: answers[after_failed_reload:].count("model-2") >= 4)  # and keeps flowing on the second
@@ -293,40 +297,22 @@ async def test_bearer_token():
         await channel.close()
 
 
-async def test_reflection_lists_the_services():
+@pytest.mark.parametrize("admin_token", [None, "admin-secret"])
+async def test_reflection_lists_the_services(admin_token):
+    """The admin service exists only with its own credential (or explicitly on loopback)."""
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    async with running_server(server_config(), lambda path, cfg: fake_model(cfg)) as server:
+    async with running_server(server_config(admin_token=admin_token), lambda path, cfg: fake_model(cfg)) as server:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         call = stub.ServerReflectionInfo()
         await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
         response = await call.read()
         names = {s.name for s in response.list_services_response.service}
-        assert {"protolm.v1.ProtoLMService", "protolm.v1.ProtoLMAdminService", "grpc.health.v1.Health"} <= names
+        assert {"protolm.v1.ProtoLMService", "grpc.health.v1.Health"} <= names
+        assert ("protolm.v1.ProtoLMAdminService" in names) == (admin_token is not None)
         await call.done_writing()
         await channel.close()
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory):
-    """A CA, and a server and a client certificate it signed (openssl, 1-day validity)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    directory = tmp_path_factory.mktemp("tls")
-
-    def run(*args):
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=protolm-test-ca", "-keyout", "ca.key", "-out", "ca.pem")
-    (directory / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", "san.cnf", "-out", f"{name}.pem")
-    return directory
 
 
 async def test_tls_with_client_certificates(certificates):
