@@ -82,44 +82,60 @@ class Preprocessor:
                         f"{where}.{name} has {len(value)} characters; the limit is {self.limits.max_text_chars}"
                     )
 
-    def readable_prefix(self, text: str) -> str:
-        """The shortest prefix tried whose complete words hold the ``max_length`` tokens the
-        model reads, or the whole text: tokenising it keeps what tokenising ``text`` keeps."""
+    def readable_prefixes(self, texts: list[str]) -> list[str]:
+        """For each text, the shortest prefix tried whose complete words hold the
+        ``max_length`` tokens the model reads, or the whole text: tokenising it keeps what
+        tokenising the text keeps. Batched, so the tokenizer runs without the GIL."""
+        prefixes = list(texts)
         size = self.max_length * PREFIX_CHARS_PER_TOKEN
-        while size < len(text):
-            words = self._untruncated.encode(text[:size], add_special_tokens=False).word_ids
-            # tokens of the words before the last one: the last may be cut in the middle
-            if words and sum(1 for w in words if w is not None and w < words[-1]) >= self.max_length:
-                return text[:size]
+        pending = [i for i, text in enumerate(texts) if len(text) > size]
+        while pending:
+            encodings = self._untruncated.encode_batch([texts[i][:size] for i in pending], add_special_tokens=False)
+            short = []
+            for i, encoding in zip(pending, encodings):
+                words = encoding.word_ids
+                # tokens of the words before the last one: the last may be cut in the middle
+                if words and sum(1 for w in words if w is not None and w < words[-1]) >= self.max_length:
+                    prefixes[i] = texts[i][:size]
+                else:
+                    short.append(i)
             size *= 4
-        return text
+            pending = [i for i in short if len(texts[i]) > size]
+        return prefixes
 
-    def _encode_single(self, text: str):
-        cut = self.readable_prefix(text)
-        encoding = self.tokenizer.encode(cut)
-        return encoding, bool(encoding.overflowing) or cut != text, None
+    def _encode_singles(self, texts: list[str]):
+        cuts = self.readable_prefixes(texts)
+        encodings = self.tokenizer.encode_batch(cuts)
+        return [(e, bool(e.overflowing) or cut != text, None) for e, cut, text in zip(encodings, cuts, texts)]
 
-    def _encode_pair(self, text: str, pair: str):
+    def _encode_pairs(self, texts: list[str], pairs: list[str]):
         """Longest-first truncation, as the tokenizer (and the trainer) does it on the whole
         texts, computed from bounded encodings: a cut text's length is counted whole
         (linear work), and no overflow window is built (on a long pair those grow with the
         product of the two lengths)."""
-        segments, lengths = [], []
-        for whole in (text, pair):
-            cut = self.readable_prefix(whole)
-            encoding = self._untruncated.encode(cut, add_special_tokens=False)
-            segments.append(encoding)
-            lengths.append(len(encoding.ids) if cut == whole else len(self._untruncated.encode(whole, add_special_tokens=False).ids))
-        kept = longest_first(lengths[0], lengths[1], self.max_length - self._pair_specials)
-        for encoding, keep in zip(segments, kept):
-            encoding.truncate(keep)
-        return self.tokenizer.post_process(segments[0], segments[1]), kept != tuple(lengths), kept[0]
+        wholes = [t for pair in zip(texts, pairs) for t in pair]
+        cuts = self.readable_prefixes(wholes)
+        segments = self._untruncated.encode_batch(cuts, add_special_tokens=False)
+        lengths = [len(e.ids) for e in segments]
+        was_cut = [i for i, (cut, whole) in enumerate(zip(cuts, wholes)) if cut != whole]
+        for i, encoding in zip(was_cut, self._untruncated.encode_batch([wholes[i] for i in was_cut], add_special_tokens=False)):
+            lengths[i] = len(encoding.ids)
+        results = []
+        for first, second, length, pair_length in zip(segments[::2], segments[1::2], lengths[::2], lengths[1::2]):
+            kept = longest_first(length, pair_length, self.max_length - self._pair_specials)
+            first.truncate(kept[0])
+            second.truncate(kept[1])
+            results.append((self.tokenizer.post_process(first, second), kept != (length, pair_length), kept[0]))
+        return results
 
     def encode(self, inputs: list[TextInput]) -> list[EncodedInput]:
         """Tokenise validated inputs; an input with no token the model can read is refused."""
+        if self.is_pair:
+            tokenised = self._encode_pairs([i.text for i in inputs], [i.text_pair for i in inputs])
+        else:
+            tokenised = self._encode_singles([i.text for i in inputs])
         encoded = []
-        for position, item in enumerate(inputs):
-            encoding, truncated, first_length = self._encode_pair(item.text, item.text_pair) if self.is_pair else self._encode_single(item.text)
+        for position, (item, (encoding, truncated, first_length)) in enumerate(zip(inputs, tokenised)):
             sequence_ids = encoding.sequence_ids if first_length is None else _pair_sequence_ids(encoding.special_tokens_mask, first_length)
             present = set(sequence_ids) - {None}
             for segment, name in enumerate(("text", "text_pair")[: 2 if self.is_pair else 1]):

@@ -338,7 +338,7 @@ def test_server_service_has_restart_limits_and_a_grace_period_longer_than_the_dr
     stop_signal = server.get("stop_signal") or getattr(image.stage(server["build"]["target"]).last("STOPSIGNAL"), "arguments", "SIGTERM")
     assert signal.Signals[stop_signal if stop_signal.startswith("SIG") else f"SIG{stop_signal}"] == signal.SIGTERM
     grace = duration_seconds(server.get("stop_grace_period", "10s"))
-    assert grace >= config.drain_seconds + 5, f"{grace}s to stop, {config.drain_seconds}s to drain"
+    assert grace >= config.drain_delay + config.drain_seconds + 5, f"{grace}s to stop, {config.drain_delay} + {config.drain_seconds}s to drain"
     assert server["read_only"] is True and "ALL" in [c.upper() for c in server["cap_drop"]] and not server.get("cap_add")
 
 

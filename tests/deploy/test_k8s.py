@@ -133,9 +133,11 @@ def selects(selector: dict, labels: dict) -> bool:
 
 
 def pre_stop_seconds(container) -> float:
-    """How long the preStop hook holds SIGTERM back: an exec `sleep N` (directly or through a
-    shell) or the sleep action."""
+    """How long a preStop hook holds SIGTERM back (none: 0): an exec `sleep N` (directly or
+    through a shell) or the sleep action."""
     pre_stop = container.get("lifecycle", {}).get("preStop", {})
+    if not pre_stop:
+        return 0.0
     if "sleep" in pre_stop:
         return float(pre_stop["sleep"]["seconds"])
     command = pre_stop["exec"]["command"]
@@ -245,7 +247,7 @@ def test_resources_are_requested_and_threads_follow_the_cpu_request(image, conta
 
 def test_termination_grace_covers_pre_stop_and_the_servers_drain(deployment, container, config):
     grace = deployment["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
-    assert grace >= pre_stop_seconds(container) + config.drain_seconds + 1
+    assert grace >= pre_stop_seconds(container) + config.drain_delay + config.drain_seconds + 1
     # a rollout never takes a replica away before its successor is ready
     strategy = deployment["spec"]["strategy"]
     assert str(strategy["rollingUpdate"]["maxUnavailable"]).rstrip("%") == "0"

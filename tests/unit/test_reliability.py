@@ -53,7 +53,7 @@ def test_bounded_tokenising_gives_exactly_the_full_texts_tokens(text, pair):
     assert encoded.ids.tolist() == full.ids and encoded.offsets == full.offsets and encoded.type_ids.tolist() == full.type_ids
     assert encoded.word_ids == full.word_ids and encoded.sequence_ids == full.sequence_ids
     assert encoded.truncated == bool(full.overflowing)
-    assert len(preprocessor.readable_prefix(CJK)) <= 50 * 8 * 4
+    assert len(preprocessor.readable_prefixes([CJK])[0]) <= 50 * 8 * 4
 
 
 @pytest.mark.parametrize("budget", [47, 48])
