@@ -5,6 +5,8 @@ tokenizer); bounded loops; the tests poll for state instead of sleeping.
 """
 
 import asyncio
+import logging
+import threading
 import time
 
 import grpc
@@ -340,4 +342,29 @@ async def test_shutdown_drains_without_losing_an_admitted_call(run):
         assert served_in_delay > 0
         assert set(outcomes) == {"OK", "UNAVAILABLE"}, {code: outcomes.count(code) for code in set(outcomes)}
         assert outcomes.count("UNAVAILABLE") == 32  # each caller's first call after the delay
+        await channel.close()
+
+
+async def test_a_reload_cut_off_by_the_callers_deadline_still_finishes_and_is_logged(tmp_path, caplog):
+    (tmp_path / "current").mkdir()
+    (tmp_path / "next").mkdir()
+    caplog.set_level(logging.INFO, logger="service.server")
+    gate = threading.Event()
+
+    def load(path, cfg):
+        if path.endswith("next"):
+            gate.wait(10)
+        return fake_model(cfg, name=path.rsplit("/", 1)[-1])
+
+    async with running_server(server_config(bundle_dir=str(tmp_path / "current"), admin_without_token=True), load) as server:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        admin, api = pb_grpc.ProtoLMAdminServiceStub(channel), pb_grpc.ProtoLMServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await admin.Reload(pb.ReloadRequest(bundle_dir="next"), timeout=0.3)
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await until(lambda: any("went away" in r.getMessage() for r in caplog.records))
+        gate.set()
+        await until(lambda: server.engine.model.name == "next")
+        assert (await api.GetModelInfo(pb.GetModelInfoRequest())).model.name == "next"
+        assert any("reloaded" in r.getMessage() for r in caplog.records)
         await channel.close()
