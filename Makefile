@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PROTOLM_DATA_DIR ?= $(abspath ../shared/datasets)
 
-.PHONY: install demo test test-fast benchmark results clean
+.PHONY: install demo test test-fast test-deploy benchmark results clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m 'not slow and not benchmark'
+
+# Builds the images and runs the compose stack on a Docker engine (installed and started here
+# when missing; root needed). Skips with the reason where no engine can start, fails under CI.
+test-deploy: install
+	$(BIN)/python -m pytest -m deploy tests/live -s --timeout=2400
 
 benchmark: install
 	$(BIN)/python -m pytest -m benchmark -s

@@ -13,7 +13,7 @@ class ServerConfig:
     bundle_dir: str = option("", "serving bundle directory written by `protolm export`")
     host: str = option("[::]", "address to listen on")
     port: int = option(50051, "gRPC port (0 picks a free one)")
-    metrics_port: int = option(9090, "Prometheus /metrics HTTP port (0 picks a free one; -1 disables)")
+    metrics_port: int = option(9464, "Prometheus /metrics HTTP port (0 picks a free one; -1 disables); not 9090, Prometheus's own")
     metrics_host: str | None = option(None, "address the /metrics server listens on; default: --host. It uses the gRPC port's TLS settings")
     device: str = option("auto", "auto (GPU when ONNX Runtime has CUDA), cpu or gpu", choices=("auto", "cpu", "gpu"))
     variant: str | None = option(None, "bundle variant to serve (fp32, optimized, int8, fp16); default: best servable for the device")

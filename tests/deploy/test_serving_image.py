@@ -3,7 +3,7 @@
 The server is started with the exact command (ENTRYPOINT + CMD) and environment (ENV) of the
 `serve` stage of deploy/Dockerfile, read from the Dockerfile itself. Three values differ, as
 they would with `docker run -e ... -v ...`: the bundle directory (the image expects a volume at
-/bundles) and the two ports (free loopback ports instead of 50051 and 9090, which may be taken
+/bundles) and the two ports (free loopback ports instead of 50051 and 9464, which may be taken
 on a shared machine). /opt/venv/bin on the PATH is this test run's virtual environment; the
 image's own install is checked by test_serving_without_torch.py and deploy/install-serve.sh.
 
@@ -190,7 +190,7 @@ def prometheus_config(metrics_port: int, prometheus_port: int) -> dict:
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     (protolm_targets,) = jobs["protolm"]["static_configs"]
-    assert protolm_targets["targets"] == ["protolm:9090"]  # the compose service and the image's metrics port
+    assert protolm_targets["targets"] == ["protolm:9464"]  # the compose service and the image's metrics port
     protolm_targets["targets"] = [f"127.0.0.1:{metrics_port}"]
     jobs["prometheus"]["static_configs"][0]["targets"] = [f"127.0.0.1:{prometheus_port}"]
     return config
