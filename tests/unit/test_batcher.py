@@ -151,14 +151,20 @@ async def test_batches_group_similar_lengths_within_the_token_budget():
     await batcher.stop()
 
 
+async def one_held_two_queued(recorder, batcher) -> list[asyncio.Task]:
+    """Input 0 in the (held) model, inputs 1 and 2 queued behind it."""
+    tasks = [asyncio.create_task(one(batcher, 0))]
+    await until(lambda: recorder.entered == [[0]])
+    tasks += [asyncio.create_task(one(batcher, i)) for i in (1, 2)]
+    await until(lambda: batcher.queue_depth == 2)
+    return tasks
+
+
 async def test_stop_drains_queued_work_then_refuses_new_work():
     recorder = Recorder(delay=0.05)
     recorder.release.clear()
     batcher = make(recorder, max_batch_size=1, max_wait_seconds=0.0)
-    tasks = [asyncio.create_task(one(batcher, 0))]
-    await until(lambda: recorder.entered == [[0]])  # in the model, held there
-    tasks += [asyncio.create_task(one(batcher, i)) for i in (1, 2)]
-    await until(lambda: batcher.queue_depth == 2)  # queued behind it
+    tasks = await one_held_two_queued(recorder, batcher)
     # let the model go only once stop has refused new work and begun to drain: the callback
     # runs at stop's first wait, when all three inputs are still unfinished
     asyncio.get_running_loop().call_soon(recorder.release.set)
@@ -172,10 +178,7 @@ async def test_stop_without_drain_fails_what_is_left():
     recorder = Recorder()
     recorder.release.clear()
     batcher = make(recorder, max_batch_size=1, max_wait_seconds=0.0)
-    tasks = [asyncio.create_task(one(batcher, 0))]
-    await until(lambda: recorder.entered == [[0]])  # in the model, held there
-    tasks += [asyncio.create_task(one(batcher, i)) for i in (1, 2)]
-    await until(lambda: batcher.queue_depth == 2)  # queued behind it
+    tasks = await one_held_two_queued(recorder, batcher)
     await batcher.stop(drain_seconds=0.0)
     recorder.release.set()
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)

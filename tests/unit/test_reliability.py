@@ -119,13 +119,24 @@ def test_start_up_refuses_requests_that_could_never_be_queued():
         server_config(max_inputs_per_request=64, max_queue_size=32)
 
 
-async def test_a_request_larger_than_the_queue_is_invalid_and_overload_is_refused_before_tokenising():
+def busy_model_server(max_queue_size: int, max_inputs_per_request: int):
+    """A server whose model holds its first batch until the test releases it."""
     backend = HeldBackend(num_classes=2, num_prototypes=4)
-    config = server_config(max_queue_size=4, max_inputs_per_request=4, max_batch_size=1, max_wait_ms=0.0)
-    async with running_server(config, lambda path, cfg: fake_model(cfg, backend)) as server:
+    config = server_config(max_queue_size=max_queue_size, max_inputs_per_request=max_inputs_per_request, max_batch_size=1, max_wait_ms=0.0)
+    return backend, running_server(config, lambda path, cfg: fake_model(cfg, backend))
+
+
+async def hold_the_model(api, backend):
+    busy = asyncio.ensure_future(api.Classify(classify_request("held in the model")))
+    await until(lambda: backend.held)
+    return busy
+
+
+async def test_a_request_larger_than_the_queue_is_invalid_and_overload_is_refused_before_tokenising():
+    backend, serving = busy_model_server(max_queue_size=4, max_inputs_per_request=4)
+    async with serving as server:
         channel, api, _ = stubs(server.port)
-        busy = asyncio.ensure_future(api.Classify(classify_request("held in the model")))
-        await until(lambda: backend.held)
+        busy = await hold_the_model(api, backend)
         queued = asyncio.ensure_future(api.Classify(classify_request("a", "b", "c", "d")))
         await until(lambda: server.engine.model.batcher.queue_depth == 4)
         tokenised = []
@@ -141,12 +152,10 @@ async def test_a_request_larger_than_the_queue_is_invalid_and_overload_is_refuse
 
 
 async def test_cancelled_calls_leave_the_queue_at_once():
-    backend = HeldBackend(num_classes=2, num_prototypes=4)
-    config = server_config(max_queue_size=8, max_inputs_per_request=1, max_batch_size=1, max_wait_ms=0.0)
-    async with running_server(config, lambda path, cfg: fake_model(cfg, backend)) as server:
+    backend, serving = busy_model_server(max_queue_size=8, max_inputs_per_request=1)
+    async with serving as server:
         channel, api, _ = stubs(server.port)
-        busy = asyncio.ensure_future(api.Classify(classify_request("held in the model")))
-        await until(lambda: backend.held)
+        busy = await hold_the_model(api, backend)
         batcher = server.engine.model.batcher
         doomed = [api.Classify(classify_request(f"cancelled {i}")) for i in range(8)]
         await until(lambda: batcher.queue_depth == 8)
