@@ -96,7 +96,8 @@ def test_shell_scripts_pass_shellcheck():
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (Debian: apt-get install shellcheck)")
-    result = subprocess.run([shellcheck, "--shell=sh", str(BUNDLE_INIT), str(DEPLOY / "install-serve.sh")], capture_output=True, text=True, timeout=60)
+    scripts = [BUNDLE_INIT, DEPLOY / "install-serve.sh", DEPLOY / "with-build-settings.sh"]
+    result = subprocess.run([shellcheck, "--shell=sh", *map(str, scripts)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
 
 
