@@ -23,10 +23,12 @@ from core.errors import BundleError, ConfigError
 from core.highlights import Highlight
 from core.similarity import Metric, metric_for
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # 1: exemplars.json was a bare list. Version 2 wraps it as {"source", "exemplars"}, the shape
-# of the model directory's exemplars.json, so one reader serves both.
-READABLE_FORMAT_VERSIONS = (1, 2)
+# of the model directory's exemplars.json, so one reader serves both. Version 3 adds
+# last_layer.npy, the weights that turn similarities into logits (the evidence of Explain).
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
+LAST_LAYER_SINCE = 3
 
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -35,6 +37,7 @@ EXAMPLE_INDEX_FILE = "examples.faiss"
 EXAMPLES_FILE = "examples.jsonl"
 EXAMPLE_OFFSETS_FILE = "examples.offsets.npy"
 EXEMPLARS_FILE = "exemplars.json"
+LAST_LAYER_FILE = "last_layer.npy"
 
 VARIANT_FILES = {
     "fp32": "model.onnx",
@@ -161,9 +164,14 @@ class Manifest:
     def numeric_metrics(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
+    @property
+    def has_last_layer(self) -> bool:
+        return self.format_version >= LAST_LAYER_SINCE
+
     def referenced_files(self) -> list[str]:
-        return [TOKENIZER_FILE, EXEMPLARS_FILE, EXAMPLES_FILE, EXAMPLE_OFFSETS_FILE, *(v.file for v in self.variants),
-                self.indexes.prototypes.file, self.indexes.examples.file]
+        files = [TOKENIZER_FILE, EXEMPLARS_FILE, EXAMPLES_FILE, EXAMPLE_OFFSETS_FILE, *(v.file for v in self.variants),
+                 self.indexes.prototypes.file, self.indexes.examples.file]
+        return files + [LAST_LAYER_FILE] if self.has_last_layer else files
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -293,6 +301,26 @@ def read_manifest(directory: str | Path, verify_checksums: bool = True) -> Manif
     manifest = parse_manifest(raw)
     _check_files(directory, manifest, verify_checksums)
     return manifest
+
+
+# -- the last layer: logits = last_layer @ similarities, no bias
+
+
+def write_last_layer(directory: Path, weights: np.ndarray) -> Path:
+    path = directory / LAST_LAYER_FILE
+    np.save(path, np.asarray(weights, dtype=np.float32))
+    return path
+
+
+def read_last_layer(directory: Path, manifest: Manifest) -> np.ndarray | None:
+    """[classes, prototypes] float32, or None for a bundle older than format 3."""
+    if not manifest.has_last_layer:
+        return None
+    weights = np.load(Path(directory) / LAST_LAYER_FILE)
+    expected = (len(manifest.labels), manifest.architecture.num_prototypes)
+    if weights.shape != expected:
+        raise BundleError(f"{LAST_LAYER_FILE}: shape {weights.shape}, the manifest says {expected}")
+    return weights
 
 
 # -- exemplars: every prototype's projected training example (bundle and model directory alike)

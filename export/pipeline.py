@@ -33,6 +33,7 @@ from core.bundle import (
     read_manifest,
     sha256_file,
     write_exemplars,
+    write_last_layer,
     write_manifest,
 )
 from core.errors import ConfigError, DataError
@@ -147,6 +148,7 @@ def _write_bundle(directory: Path, model_dir: Path, model: ProtoLM, training: Tr
     train_pooled = predict(model, train, config.batch_size, config.progress).pooled
     exemplars = load_exemplars(model_dir) or project_prototypes(model, train, train_pooled)
     write_exemplars(directory / EXEMPLARS_FILE, _checked_exemplars(exemplars, train), source=train.name)
+    write_last_layer(directory, model.classifier.weight.detach().float().cpu().numpy())
 
     batches = length_sorted_batches(tokenizer, validation, graph_inputs(model), config.batch_size)
     variant_entries = build_variants(

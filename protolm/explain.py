@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.bundle import Exemplar
-from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Explanation, PrototypeMatch, render
+from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Explanation, PrototypeMatch, evidence, render
 from core.highlights import word_highlights
 from protolm.inference import forward_texts
 from protolm.model import ProtoLM
@@ -19,7 +19,9 @@ def explain_texts(
     top_prototypes: int = DEFAULT_TOP_PROTOTYPES,
 ) -> list[Explanation]:
     encoded, output = forward_texts(model, texts, text_pairs)
+    logits = output.logits.float().cpu().numpy()
     probabilities = output.logits.float().softmax(-1).cpu().numpy()
+    last_layer = model.classifier.weight.detach().float().cpu().numpy()
     attention = output.token_attention.float().cpu().numpy()
     similarities = output.similarities.float().cpu().numpy()
     names = model.config.label_names
@@ -57,6 +59,7 @@ def explain_texts(
                     for p in top
                 ],
                 nearest_examples=[],
+                evidence=evidence(last_layer, similarities[row], logits[row], names, classes, exemplars, top_prototypes),
             )
         )
     return explanations

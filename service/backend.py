@@ -16,13 +16,14 @@ from service.preprocess import EncodedInput
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-SERVED_OUTPUTS = ("probabilities", "token_attention", "prototype_similarities", "pooled")
+SERVED_OUTPUTS = ("logits", "probabilities", "token_attention", "prototype_similarities", "pooled")
 
 
 @dataclass(frozen=True)
 class InputOutputs:
     """What one forward pass gives for one input (attention trimmed to its own tokens)."""
 
+    logits: np.ndarray  # [classes]
     probabilities: np.ndarray  # [classes]
     token_attention: np.ndarray  # [tokens]
     similarities: np.ndarray  # [prototypes]
@@ -72,9 +73,9 @@ class OnnxBackend:
 
     def run(self, batch: list[EncodedInput]) -> list[InputOutputs]:
         feeds = {name: array for name, array in pad_batch(batch).items() if name in self.input_names}
-        probabilities, attention, similarities, pooled = self.session.run(list(SERVED_OUTPUTS), feeds)
+        logits, probabilities, attention, similarities, pooled = self.session.run(list(SERVED_OUTPUTS), feeds)
         return [
-            InputOutputs(probabilities[row], attention[row, : encoded.length], similarities[row], pooled[row])
+            InputOutputs(logits[row], probabilities[row], attention[row, : encoded.length], similarities[row], pooled[row])
             for row, encoded in enumerate(batch)
         ]
 
@@ -93,7 +94,8 @@ class FakeBackend:
     """Deterministic outputs derived from the token ids; can be slowed down or made to fail.
 
     Same input, same output, whatever it is batched with: so batching tests can check that
-    results go back to the right callers.
+    results go back to the right callers. Like the real graph, its logits are ``last_layer``
+    times the similarities (ProtoPNet's start: +1 own class, -0.5 the others').
     """
 
     provider = "fake"
@@ -105,6 +107,9 @@ class FakeBackend:
         self.delay_seconds = delay_seconds
         self.fail_when = fail_when or (lambda batch: False)
         self.batches: list[int] = []
+        self.prototype_class = np.arange(num_prototypes) * num_classes // num_prototypes
+        own = self.prototype_class[None, :] == np.arange(num_classes)[:, None]
+        self.last_layer = np.where(own, 1.0, -0.5).astype(np.float32)
 
     def warmup(self) -> None:
         pass
@@ -121,14 +126,16 @@ class FakeBackend:
             raise RuntimeError("fake backend failure")
         outputs = []
         for encoded in batch:
-            logits = self._vector(encoded, b"logits", self.num_classes) * 4
+            similarities = self._vector(encoded, b"similarities", self.num_prototypes)
+            logits = self.last_layer @ similarities
             probabilities = np.exp(logits) / np.exp(logits).sum()
             attention = np.full(encoded.length, 1.0 / encoded.length, dtype=np.float32)
             outputs.append(
                 InputOutputs(
+                    logits.astype(np.float32),
                     probabilities.astype(np.float32),
                     attention,
-                    self._vector(encoded, b"similarities", self.num_prototypes),
+                    similarities,
                     self._vector(encoded, b"pooled", self.hidden_size),
                 )
             )

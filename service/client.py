@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from core.bundle import Exemplar
-from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Explanation, NearestExample, PrototypeMatch
+from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Contribution, Evidence, Explanation, NearestExample, PrototypeMatch
 from core.highlights import Highlight
 from service.grpc_api import protolm_pb2 as pb
 from service.grpc_api import protolm_pb2_grpc as pb_grpc
@@ -80,7 +80,8 @@ def _highlights(spans) -> list[Highlight]:
     return [Highlight(s.text, s.start, s.end, s.weight, 0 if s.segment != pb.SEGMENT_TEXT_PAIR else 1) for s in spans]
 
 
-def _exemplar(match: pb.PrototypeMatch) -> Exemplar | None:
+def _exemplar(match: pb.PrototypeMatch | pb.Contribution) -> Exemplar | None:
+    """The exemplar of a prototype match or a contribution (both carry the prototype's id)."""
     if not match.HasField("exemplar"):
         return None
     exemplar = match.exemplar
@@ -94,6 +95,17 @@ def _exemplar(match: pb.PrototypeMatch) -> Exemplar | None:
         distance=exemplar.distance,
         words=tuple(_highlights(exemplar.words)),
     )
+
+
+def _contribution(c: pb.Contribution) -> Contribution:
+    return Contribution(c.prototype_id, c.label, c.label_id, c.similarity, c.weight, c.contribution, _exemplar(c))
+
+
+def _evidence(result: pb.Explanation) -> Evidence | None:
+    if not result.HasField("evidence"):
+        return None
+    e = result.evidence
+    return Evidence(e.label, e.versus_label, e.margin, e.total, [_contribution(c) for c in e.supporting], [_contribution(c) for c in e.opposing])
 
 
 def to_explanation(result: pb.Explanation) -> Explanation:
@@ -123,4 +135,5 @@ def to_explanation(result: pb.Explanation) -> Explanation:
             )
             for n in result.nearest_examples
         ],
+        evidence=_evidence(result),
     )

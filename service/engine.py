@@ -20,7 +20,7 @@ import numpy as np
 
 from core.bundle import ExampleRow, Exemplar
 from core.errors import InvalidInputError, NotReadyError
-from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Explanation, NearestExample, PrototypeMatch
+from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Explanation, NearestExample, PrototypeMatch, evidence
 from core.highlights import token_highlights, word_highlights
 from core.similarity import Metric
 from service.backend import Backend, InputOutputs
@@ -66,6 +66,7 @@ class ServingModel:
     backend: Backend
     prototype_class: np.ndarray
     exemplars: tuple[Exemplar, ...] | None
+    last_layer: np.ndarray | None  # [classes, prototypes]; None for bundles before format 3
     examples: ExampleLookup | None
     batcher: DynamicBatcher | None = field(default=None, repr=False)
 
@@ -231,7 +232,11 @@ class Engine:
             )
             for row, distance in neighbours
         ]
-        return Explanation(self._classification(model, encoded, outputs), weights, prototypes, nearest)
+        reasons = None
+        if model.last_layer is not None:
+            reasons = evidence(model.last_layer, outputs.similarities, outputs.logits, model.labels, model.prototype_class,
+                               model.exemplars, options.top_prototypes)
+        return Explanation(self._classification(model, encoded, outputs), weights, prototypes, nearest, reasons)
 
 
 def deadline_from(time_remaining: float | None) -> float | None:

@@ -62,5 +62,6 @@ def load_serving_model(bundle_dir: str, config: ServerConfig) -> ServingModel:
         backend=backend,
         prototype_class=np.asarray(manifest.architecture.prototype_class, dtype=np.int64),
         exemplars=bundle.exemplars,
+        last_layer=bundle.last_layer(),
         examples=examples,
     )

@@ -18,6 +18,7 @@ from core.bundle import (
     EXAMPLES_FILE,
     EXEMPLARS_FILE,
     GRAPH_OUTPUTS,
+    LAST_LAYER_FILE,
     MANIFEST_FILE,
     TOKENIZER_FILE,
     VARIANT_PREFERENCE,
@@ -27,10 +28,15 @@ from core.bundle import (
     Manifest,
     Variant,
     read_exemplars,
+    read_last_layer,
     read_manifest,
 )
 from core.errors import BundleError, ConfigError
 from core.graph_inputs import configure_tokenizer, encode_batch
+
+# How far the graph's logits may be from last layer x similarities: fp32 heads (fp32,
+# optimized, int8: its head stays fp32) and the fp16 graph.
+LAST_LAYER_TOLERANCE = {False: 1e-3, True: 5e-2}
 
 
 class ServedBundle:
@@ -118,6 +124,10 @@ class ServedBundle:
             raise BundleError(f"{EXAMPLE_OFFSETS_FILE}: {len(store)} rows, the example index has {self.manifest.indexes.examples.count}")
         return store
 
+    def last_layer(self) -> np.ndarray | None:
+        """The weights that turn similarities into logits; None before bundle format 3."""
+        return read_last_layer(self.path, self.manifest)
+
     @functools.cached_property
     def exemplars(self) -> tuple[Exemplar, ...]:
         """Per prototype, the training example it was projected onto."""
@@ -145,6 +155,7 @@ class ServedBundle:
         }
         report = []
         pooled = None
+        last_layer = self.last_layer()
         for variant in self.manifest.variants:
             session = self.session(variant, providers)
             names = [i.name for i in session.get_inputs()]
@@ -157,6 +168,10 @@ class ServedBundle:
                     raise BundleError(f"{variant.file}: output {name} has shape {value.shape} (expected {shape}) or non-finite values")
             if not np.allclose(outputs["probabilities"].sum(1), 1.0, atol=1e-3):
                 raise BundleError(f"{variant.file}: probabilities do not sum to 1")
+            if last_layer is not None:  # Explain's evidence holds only if the graph's logits are these sums
+                gap = np.abs(outputs["prototype_similarities"] @ last_layer.T - outputs["logits"]).max()
+                if gap > LAST_LAYER_TOLERANCE[variant.name == "fp16"]:
+                    raise BundleError(f"{LAST_LAYER_FILE}: logits differ from last layer x similarities by {gap:.2g} in {variant.file}")
             pooled = outputs["pooled"] if pooled is None else pooled
             report.append(f"{variant.file}: ran a {batch}x{length} batch on {session.get_providers()[0]} (servable: {variant.servable})")
         queries = self.manifest.metric.prepare(pooled)

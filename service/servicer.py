@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 
 from core.bundle import Exemplar
 from core.errors import InvalidInputError
-from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Explanation
+from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Contribution, Evidence, Explanation
 from core.highlights import Highlight
 from service.engine import Engine, ExplainOptions, Served, ServingModel, deadline_from
 from service.grpc_api import protolm_pb2 as pb
@@ -63,6 +63,29 @@ def _exemplar(exemplar: Exemplar, labels: list[str]) -> pb.Exemplar:
     )
 
 
+def _contribution(c: Contribution, labels: list[str]) -> pb.Contribution:
+    return pb.Contribution(
+        prototype_id=c.prototype_id,
+        label=c.label,
+        label_id=c.label_id,
+        similarity=c.similarity,
+        weight=c.weight,
+        contribution=c.contribution,
+        exemplar=_exemplar(c.exemplar, labels) if c.exemplar is not None else None,
+    )
+
+
+def _evidence(e: Evidence, labels: list[str]) -> pb.Evidence:
+    return pb.Evidence(
+        label=e.label,
+        versus_label=e.versus,
+        margin=e.margin,
+        total=e.total,
+        supporting=[_contribution(c, labels) for c in e.supporting],
+        opposing=[_contribution(c, labels) for c in e.opposing],
+    )
+
+
 def _explanation(model: ServingModel, e: Explanation) -> pb.Explanation:
     return pb.Explanation(
         classification=_classification(e.classification),
@@ -83,6 +106,7 @@ def _explanation(model: ServingModel, e: Explanation) -> pb.Explanation:
             )
             for n in e.nearest_examples
         ],
+        evidence=_evidence(e.evidence, model.labels) if e.evidence is not None else None,
     )
 
 

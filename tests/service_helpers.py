@@ -67,8 +67,9 @@ def fake_model(config: ServerConfig, backend: FakeBackend | None = None, name: s
         metrics={"accuracy": 0.5},
         preprocessor=Preprocessor(minilm_tokenizer(), is_pair, InputLimits(config.max_inputs_per_request, config.max_text_chars)),
         backend=backend,
-        prototype_class=np.arange(backend.num_prototypes) // 2,
+        prototype_class=backend.prototype_class,
         exemplars=exemplars,
+        last_layer=backend.last_layer,
         examples=None,
     )
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eservice/grpc_api/protolm.proto\x12\nprotolm.v1\"?\n\tTextInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x16\n\ttext_pair\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0c\n\n_text_pair\"8\n\x0f\x43lassifyRequest\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.protolm.v1.TextInput\"H\n\x10\x43lassProbability\x12\r\n\x05label\x18\x01 \x01(\t\x12\x10\n\x08label_id\x18\x02 \x01(\r\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\x8d\x01\n\x0e\x43lassification\x12\r\n\x05label\x18\x01 \x01(\t\x12\x10\n\x08label_id\x18\x02 \x01(\r\x12\x33\n\rprobabilities\x18\x03 \x03(\x0b\x32\x1c.protolm.v1.ClassProbability\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x12\n\nnum_tokens\x18\x05 \x01(\r\"\x97\x01\n\x10ResponseMetadata\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rqueue_seconds\x18\x03 \x01(\x01\x12\x19\n\x11inference_seconds\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"o\n\x10\x43lassifyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.protolm.v1.Classification\x12.\n\x08metadata\x18\x02 \x01(\x0b\x32\x1c.protolm.v1.ResponseMetadata\"\xa8\x01\n\x0e\x45xplainOptions\x12\x1b\n\x0etop_prototypes\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1d\n\x10nearest_examples\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x32\n\x0bgranularity\x18\x03 \x01(\x0e\x32\x1d.protolm.v1.WeightGranularityB\x11\n\x0f_top_prototypesB\x13\n\x11_nearest_examples\"d\n\x0e\x45xplainRequest\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.protolm.v1.TextInput\x12+\n\x07options\x18\x02 \x01(\x0b\x32\x1a.protolm.v1.ExplainOptions\"n\n\x0cWeightedSpan\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\x0e\n\x06weight\x18\x04 \x01(\x02\x12$\n\x07segment\x18\x05 \x01(\x0e\x32\x13.protolm.v1.Segment\"\xae\x01\n\x08\x45xemplar\x12\x12\n\nexample_id\x18\x01 \x01(\x04\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x16\n\ttext_pair\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05label\x18\x04 \x01(\t\x12\'\n\x05words\x18\x05 \x03(\x0b\x32\x18.protolm.v1.WeightedSpan\x12\x10\n\x08label_id\x18\x06 \x01(\r\x12\x10\n\x08\x64istance\x18\x07 \x01(\x02\x42\x0c\n\n_text_pair\"\x83\x01\n\x0ePrototypeMatch\x12\x14\n\x0cprototype_id\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x10\n\x08label_id\x18\x03 \x01(\r\x12\x12\n\nsimilarity\x18\x04 \x01(\x02\x12&\n\x08\x65xemplar\x18\x05 \x01(\x0b\x32\x14.protolm.v1.Exemplar\"\x88\x01\n\x0eNearestExample\x12\x12\n\nexample_id\x18\x01 \x01(\x04\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x16\n\ttext_pair\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05label\x18\x04 \x01(\t\x12\x10\n\x08\x64istance\x18\x05 \x01(\x02\x12\r\n\x05split\x18\x06 \x01(\tB\x0c\n\n_text_pair\"\xd2\x01\n\x0b\x45xplanation\x12\x32\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32\x1a.protolm.v1.Classification\x12)\n\x07weights\x18\x02 \x03(\x0b\x32\x18.protolm.v1.WeightedSpan\x12.\n\nprototypes\x18\x03 \x03(\x0b\x32\x1a.protolm.v1.PrototypeMatch\x12\x34\n\x10nearest_examples\x18\x04 \x03(\x0b\x32\x1a.protolm.v1.NearestExample\"k\n\x0f\x45xplainResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.protolm.v1.Explanation\x12.\n\x08metadata\x18\x02 \x01(\x0b\x32\x1c.protolm.v1.ResponseMetadata\"\x15\n\x13GetModelInfoRequest\"\xa0\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\'\n\ttask_type\x18\x04 \x01(\x0e\x32\x14.protolm.v1.TaskType\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12\x0f\n\x07\x65ncoder\x18\x06 \x01(\t\x12\x16\n\x0enum_prototypes\x18\x07 \x01(\r\x12\x33\n\x07metrics\x18\x08 \x03(\x0b\x32\".protolm.v1.ModelInfo.MetricsEntry\x12\x1a\n\x12\x65xecution_provider\x18\t \x01(\t\x12\x0f\n\x07variant\x18\n \x01(\t\x12\x15\n\rexample_index\x18\x0b \x01(\t\x12\x1d\n\x15\x62undle_format_version\x18\x0c \x01(\r\x12\x1e\n\x16max_inputs_per_request\x18\r \x01(\r\x12\x16\n\x0emax_text_chars\x18\x0e \x01(\r\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"<\n\x14GetModelInfoResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.protolm.v1.ModelInfo\"7\n\rReloadRequest\x12\x17\n\nbundle_dir\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\r\n\x0b_bundle_dir\"6\n\x0eReloadResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.protolm.v1.ModelInfo*r\n\x11WeightGranularity\x12\"\n\x1eWEIGHT_GRANULARITY_UNSPECIFIED\x10\x00\x12\x1b\n\x17WEIGHT_GRANULARITY_WORD\x10\x01\x12\x1c\n\x18WEIGHT_GRANULARITY_TOKEN\x10\x02*K\n\x07Segment\x12\x17\n\x13SEGMENT_UNSPECIFIED\x10\x00\x12\x10\n\x0cSEGMENT_TEXT\x10\x01\x12\x15\n\x11SEGMENT_TEXT_PAIR\x10\x02*O\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TASK_TYPE_SINGLE\x10\x01\x12\x12\n\x0eTASK_TYPE_PAIR\x10\x02\x32\xee\x01\n\x0eProtoLMService\x12\x45\n\x08\x43lassify\x12\x1b.protolm.v1.ClassifyRequest\x1a\x1c.protolm.v1.ClassifyResponse\x12\x42\n\x07\x45xplain\x12\x1a.protolm.v1.ExplainRequest\x1a\x1b.protolm.v1.ExplainResponse\x12Q\n\x0cGetModelInfo\x12\x1f.protolm.v1.GetModelInfoRequest\x1a .protolm.v1.GetModelInfoResponse2V\n\x13ProtoLMAdminService\x12?\n\x06Reload\x12\x19.protolm.v1.ReloadRequest\x1a\x1a.protolm.v1.ReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eservice/grpc_api/protolm.proto\x12\nprotolm.v1\"?\n\tTextInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x16\n\ttext_pair\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0c\n\n_text_pair\"8\n\x0f\x43lassifyRequest\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.protolm.v1.TextInput\"H\n\x10\x43lassProbability\x12\r\n\x05label\x18\x01 \x01(\t\x12\x10\n\x08label_id\x18\x02 \x01(\r\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\x8d\x01\n\x0e\x43lassification\x12\r\n\x05label\x18\x01 \x01(\t\x12\x10\n\x08label_id\x18\x02 \x01(\r\x12\x33\n\rprobabilities\x18\x03 \x03(\x0b\x32\x1c.protolm.v1.ClassProbability\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x12\n\nnum_tokens\x18\x05 \x01(\r\"\x97\x01\n\x10ResponseMetadata\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rqueue_seconds\x18\x03 \x01(\x01\x12\x19\n\x11inference_seconds\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"o\n\x10\x43lassifyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.protolm.v1.Classification\x12.\n\x08metadata\x18\x02 \x01(\x0b\x32\x1c.protolm.v1.ResponseMetadata\"\xa8\x01\n\x0e\x45xplainOptions\x12\x1b\n\x0etop_prototypes\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1d\n\x10nearest_examples\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x32\n\x0bgranularity\x18\x03 \x01(\x0e\x32\x1d.protolm.v1.WeightGranularityB\x11\n\x0f_top_prototypesB\x13\n\x11_nearest_examples\"d\n\x0e\x45xplainRequest\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.protolm.v1.TextInput\x12+\n\x07options\x18\x02 \x01(\x0b\x32\x1a.protolm.v1.ExplainOptions\"n\n\x0cWeightedSpan\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\x0e\n\x06weight\x18\x04 \x01(\x02\x12$\n\x07segment\x18\x05 \x01(\x0e\x32\x13.protolm.v1.Segment\"\xae\x01\n\x08\x45xemplar\x12\x12\n\nexample_id\x18\x01 \x01(\x04\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x16\n\ttext_pair\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05label\x18\x04 \x01(\t\x12\'\n\x05words\x18\x05 \x03(\x0b\x32\x18.protolm.v1.WeightedSpan\x12\x10\n\x08label_id\x18\x06 \x01(\r\x12\x10\n\x08\x64istance\x18\x07 \x01(\x02\x42\x0c\n\n_text_pair\"\x83\x01\n\x0ePrototypeMatch\x12\x14\n\x0cprototype_id\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x10\n\x08label_id\x18\x03 \x01(\r\x12\x12\n\nsimilarity\x18\x04 \x01(\x02\x12&\n\x08\x65xemplar\x18\x05 \x01(\x0b\x32\x14.protolm.v1.Exemplar\"\x88\x01\n\x0eNearestExample\x12\x12\n\nexample_id\x18\x01 \x01(\x04\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x16\n\ttext_pair\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05label\x18\x04 \x01(\t\x12\x10\n\x08\x64istance\x18\x05 \x01(\x02\x12\r\n\x05split\x18\x06 \x01(\tB\x0c\n\n_text_pair\"\xa7\x01\n\x0c\x43ontribution\x12\x14\n\x0cprototype_id\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\x0e\n\x06weight\x18\x04 \x01(\x02\x12\x14\n\x0c\x63ontribution\x18\x05 \x01(\x02\x12&\n\x08\x65xemplar\x18\x06 \x01(\x0b\x32\x14.protolm.v1.Exemplar\x12\x10\n\x08label_id\x18\x07 \x01(\r\"\xa8\x01\n\x08\x45vidence\x12\r\n\x05label\x18\x01 \x01(\t\x12\x14\n\x0cversus_label\x18\x02 \x01(\t\x12\x0e\n\x06margin\x18\x03 \x01(\x02\x12\r\n\x05total\x18\x04 \x01(\x02\x12,\n\nsupporting\x18\x05 \x03(\x0b\x32\x18.protolm.v1.Contribution\x12*\n\x08opposing\x18\x06 \x03(\x0b\x32\x18.protolm.v1.Contribution\"\xfa\x01\n\x0b\x45xplanation\x12\x32\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32\x1a.protolm.v1.Classification\x12)\n\x07weights\x18\x02 \x03(\x0b\x32\x18.protolm.v1.WeightedSpan\x12.\n\nprototypes\x18\x03 \x03(\x0b\x32\x1a.protolm.v1.PrototypeMatch\x12\x34\n\x10nearest_examples\x18\x04 \x03(\x0b\x32\x1a.protolm.v1.NearestExample\x12&\n\x08\x65vidence\x18\x05 \x01(\x0b\x32\x14.protolm.v1.Evidence\"k\n\x0f\x45xplainResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.protolm.v1.Explanation\x12.\n\x08metadata\x18\x02 \x01(\x0b\x32\x1c.protolm.v1.ResponseMetadata\"\x15\n\x13GetModelInfoRequest\"\xa0\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\'\n\ttask_type\x18\x04 \x01(\x0e\x32\x14.protolm.v1.TaskType\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12\x0f\n\x07\x65ncoder\x18\x06 \x01(\t\x12\x16\n\x0enum_prototypes\x18\x07 \x01(\r\x12\x33\n\x07metrics\x18\x08 \x03(\x0b\x32\".protolm.v1.ModelInfo.MetricsEntry\x12\x1a\n\x12\x65xecution_provider\x18\t \x01(\t\x12\x0f\n\x07variant\x18\n \x01(\t\x12\x15\n\rexample_index\x18\x0b \x01(\t\x12\x1d\n\x15\x62undle_format_version\x18\x0c \x01(\r\x12\x1e\n\x16max_inputs_per_request\x18\r \x01(\r\x12\x16\n\x0emax_text_chars\x18\x0e \x01(\r\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"<\n\x14GetModelInfoResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.protolm.v1.ModelInfo\"7\n\rReloadRequest\x12\x17\n\nbundle_dir\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\r\n\x0b_bundle_dir\"6\n\x0eReloadResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.protolm.v1.ModelInfo*r\n\x11WeightGranularity\x12\"\n\x1eWEIGHT_GRANULARITY_UNSPECIFIED\x10\x00\x12\x1b\n\x17WEIGHT_GRANULARITY_WORD\x10\x01\x12\x1c\n\x18WEIGHT_GRANULARITY_TOKEN\x10\x02*K\n\x07Segment\x12\x17\n\x13SEGMENT_UNSPECIFIED\x10\x00\x12\x10\n\x0cSEGMENT_TEXT\x10\x01\x12\x15\n\x11SEGMENT_TEXT_PAIR\x10\x02*O\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TASK_TYPE_SINGLE\x10\x01\x12\x12\n\x0eTASK_TYPE_PAIR\x10\x02\x32\xee\x01\n\x0eProtoLMService\x12\x45\n\x08\x43lassify\x12\x1b.protolm.v1.ClassifyRequest\x1a\x1c.protolm.v1.ClassifyResponse\x12\x42\n\x07\x45xplain\x12\x1a.protolm.v1.ExplainRequest\x1a\x1b.protolm.v1.ExplainResponse\x12Q\n\x0cGetModelInfo\x12\x1f.protolm.v1.GetModelInfoRequest\x1a .protolm.v1.GetModelInfoResponse2V\n\x13ProtoLMAdminService\x12?\n\x06Reload\x12\x19.protolm.v1.ReloadRequest\x1a\x1a.protolm.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_METRICSENTRY']._loaded_options = None
   _globals['_MODELINFO_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_WEIGHTGRANULARITY']._serialized_start=2428
-  _globals['_WEIGHTGRANULARITY']._serialized_end=2542
-  _globals['_SEGMENT']._serialized_start=2544
-  _globals['_SEGMENT']._serialized_end=2619
-  _globals['_TASKTYPE']._serialized_start=2621
-  _globals['_TASKTYPE']._serialized_end=2700
+  _globals['_WEIGHTGRANULARITY']._serialized_start=2809
+  _globals['_WEIGHTGRANULARITY']._serialized_end=2923
+  _globals['_SEGMENT']._serialized_start=2925
+  _globals['_SEGMENT']._serialized_end=3000
+  _globals['_TASKTYPE']._serialized_start=3002
+  _globals['_TASKTYPE']._serialized_end=3081
   _globals['_TEXTINPUT']._serialized_start=46
   _globals['_TEXTINPUT']._serialized_end=109
   _globals['_CLASSIFYREQUEST']._serialized_start=111
@@ -63,24 +63,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROTOTYPEMATCH']._serialized_end=1348
   _globals['_NEARESTEXAMPLE']._serialized_start=1351
   _globals['_NEARESTEXAMPLE']._serialized_end=1487
-  _globals['_EXPLANATION']._serialized_start=1490
-  _globals['_EXPLANATION']._serialized_end=1700
-  _globals['_EXPLAINRESPONSE']._serialized_start=1702
-  _globals['_EXPLAINRESPONSE']._serialized_end=1809
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1811
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1832
-  _globals['_MODELINFO']._serialized_start=1835
-  _globals['_MODELINFO']._serialized_end=2251
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=2205
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=2251
-  _globals['_GETMODELINFORESPONSE']._serialized_start=2253
-  _globals['_GETMODELINFORESPONSE']._serialized_end=2313
-  _globals['_RELOADREQUEST']._serialized_start=2315
-  _globals['_RELOADREQUEST']._serialized_end=2370
-  _globals['_RELOADRESPONSE']._serialized_start=2372
-  _globals['_RELOADRESPONSE']._serialized_end=2426
-  _globals['_PROTOLMSERVICE']._serialized_start=2703
-  _globals['_PROTOLMSERVICE']._serialized_end=2941
-  _globals['_PROTOLMADMINSERVICE']._serialized_start=2943
-  _globals['_PROTOLMADMINSERVICE']._serialized_end=3029
+  _globals['_CONTRIBUTION']._serialized_start=1490
+  _globals['_CONTRIBUTION']._serialized_end=1657
+  _globals['_EVIDENCE']._serialized_start=1660
+  _globals['_EVIDENCE']._serialized_end=1828
+  _globals['_EXPLANATION']._serialized_start=1831
+  _globals['_EXPLANATION']._serialized_end=2081
+  _globals['_EXPLAINRESPONSE']._serialized_start=2083
+  _globals['_EXPLAINRESPONSE']._serialized_end=2190
+  _globals['_GETMODELINFOREQUEST']._serialized_start=2192
+  _globals['_GETMODELINFOREQUEST']._serialized_end=2213
+  _globals['_MODELINFO']._serialized_start=2216
+  _globals['_MODELINFO']._serialized_end=2632
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=2586
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=2632
+  _globals['_GETMODELINFORESPONSE']._serialized_start=2634
+  _globals['_GETMODELINFORESPONSE']._serialized_end=2694
+  _globals['_RELOADREQUEST']._serialized_start=2696
+  _globals['_RELOADREQUEST']._serialized_end=2751
+  _globals['_RELOADRESPONSE']._serialized_start=2753
+  _globals['_RELOADRESPONSE']._serialized_end=2807
+  _globals['_PROTOLMSERVICE']._serialized_start=3084
+  _globals['_PROTOLMSERVICE']._serialized_end=3322
+  _globals['_PROTOLMADMINSERVICE']._serialized_start=3324
+  _globals['_PROTOLMADMINSERVICE']._serialized_end=3410
 # @@protoc_insertion_point(module_scope)

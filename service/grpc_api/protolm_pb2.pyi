@@ -176,17 +176,53 @@ class NearestExample(_message.Message):
     split: str
     def __init__(self, example_id: _Optional[int] = ..., text: _Optional[str] = ..., text_pair: _Optional[str] = ..., label: _Optional[str] = ..., distance: _Optional[float] = ..., split: _Optional[str] = ...) -> None: ...
 
+class Contribution(_message.Message):
+    __slots__ = ("prototype_id", "label", "similarity", "weight", "contribution", "exemplar", "label_id")
+    PROTOTYPE_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    EXEMPLAR_FIELD_NUMBER: _ClassVar[int]
+    LABEL_ID_FIELD_NUMBER: _ClassVar[int]
+    prototype_id: int
+    label: str
+    similarity: float
+    weight: float
+    contribution: float
+    exemplar: Exemplar
+    label_id: int
+    def __init__(self, prototype_id: _Optional[int] = ..., label: _Optional[str] = ..., similarity: _Optional[float] = ..., weight: _Optional[float] = ..., contribution: _Optional[float] = ..., exemplar: _Optional[_Union[Exemplar, _Mapping]] = ..., label_id: _Optional[int] = ...) -> None: ...
+
+class Evidence(_message.Message):
+    __slots__ = ("label", "versus_label", "margin", "total", "supporting", "opposing")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    VERSUS_LABEL_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTING_FIELD_NUMBER: _ClassVar[int]
+    OPPOSING_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    versus_label: str
+    margin: float
+    total: float
+    supporting: _containers.RepeatedCompositeFieldContainer[Contribution]
+    opposing: _containers.RepeatedCompositeFieldContainer[Contribution]
+    def __init__(self, label: _Optional[str] = ..., versus_label: _Optional[str] = ..., margin: _Optional[float] = ..., total: _Optional[float] = ..., supporting: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ..., opposing: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ...) -> None: ...
+
 class Explanation(_message.Message):
-    __slots__ = ("classification", "weights", "prototypes", "nearest_examples")
+    __slots__ = ("classification", "weights", "prototypes", "nearest_examples", "evidence")
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     PROTOTYPES_FIELD_NUMBER: _ClassVar[int]
     NEAREST_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     classification: Classification
     weights: _containers.RepeatedCompositeFieldContainer[WeightedSpan]
     prototypes: _containers.RepeatedCompositeFieldContainer[PrototypeMatch]
     nearest_examples: _containers.RepeatedCompositeFieldContainer[NearestExample]
-    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., weights: _Optional[_Iterable[_Union[WeightedSpan, _Mapping]]] = ..., prototypes: _Optional[_Iterable[_Union[PrototypeMatch, _Mapping]]] = ..., nearest_examples: _Optional[_Iterable[_Union[NearestExample, _Mapping]]] = ...) -> None: ...
+    evidence: Evidence
+    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., weights: _Optional[_Iterable[_Union[WeightedSpan, _Mapping]]] = ..., prototypes: _Optional[_Iterable[_Union[PrototypeMatch, _Mapping]]] = ..., nearest_examples: _Optional[_Iterable[_Union[NearestExample, _Mapping]]] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("results", "metadata")

@@ -17,6 +17,7 @@ from core.bundle import (
     EXAMPLES_FILE,
     EXEMPLARS_FILE,
     FORMAT_VERSION,
+    LAST_LAYER_FILE,
     MANIFEST_FILE,
     PROTOTYPE_INDEX_FILE,
     TOKENIZER_FILE,
@@ -30,7 +31,7 @@ from protolm.training_record import TrainingRecord
 from service.engine import ExampleLookup
 from service.served_bundle import ServedBundle as Bundle
 
-BUNDLE_FILES = [TOKENIZER_FILE, *VARIANT_FILES.values(), PROTOTYPE_INDEX_FILE, EXAMPLE_INDEX_FILE, EXAMPLES_FILE, EXAMPLE_OFFSETS_FILE, EXEMPLARS_FILE]
+BUNDLE_FILES = [TOKENIZER_FILE, *VARIANT_FILES.values(), PROTOTYPE_INDEX_FILE, EXAMPLE_INDEX_FILE, EXAMPLES_FILE, EXAMPLE_OFFSETS_FILE, EXEMPLARS_FILE, LAST_LAYER_FILE]
 
 
 @pytest.fixture
@@ -154,7 +155,7 @@ def test_missing_unlisted_and_unknown_version_are_rejected(bundle_copy):
     with pytest.raises(BundleError, match=f"^{EXAMPLE_INDEX_FILE}: referred to by the manifest but not listed"):
         Bundle.load(bundle_copy)
     reseal(bundle_copy, lambda m: m.update(format_version=99))
-    with pytest.raises(BundleError, match="bundle format version 99; this protolm reads versions 1, 2"):
+    with pytest.raises(BundleError, match="bundle format version 99; this protolm reads versions 1, 2, 3"):
         Bundle.load(bundle_copy)
     reseal(bundle_copy, lambda m: (m.update(format_version=FORMAT_VERSION), m.pop("labels")))
     with pytest.raises(BundleError, match="missing key 'labels'"):
