@@ -113,7 +113,7 @@ async def huge_requests() -> None:
 async def queue_full_burst() -> None:
     with ServerProcess(held=True, max_queue_size=8, max_inputs_per_request=8, max_batch_size=1, max_wait_ms=0.0) as server:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        api, health = pb_grpc.ProtoLMServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+        api = pb_grpc.ProtoLMServiceStub(channel)
         held = [asyncio.ensure_future(api.Classify(request(f"held {i}"))) for i in range(9)]  # one in the model, eight queued
 
         async def rejected() -> float | None:

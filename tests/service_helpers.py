@@ -7,7 +7,6 @@ import contextlib
 import inspect
 import threading
 
-import numpy as np
 
 from core.bundle import Exemplar
 from core.highlights import Highlight
