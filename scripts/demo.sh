@@ -11,7 +11,7 @@ PORT=${PROTOLM_DEMO_PORT:-50051}
 "$BIN/protolm" export "$RUN/model" "$RUN/bundle" --overwrite --model-name protolm-sst2-demo
 "$BIN/protolm" bundle verify "$RUN/bundle"
 
-"$BIN/protolm" serve "$RUN/bundle" --host 127.0.0.1 --port "$PORT" --metrics-port 0 &
+"$BIN/protolm" serve "$RUN/bundle" --host 127.0.0.1 --port "$PORT" --metrics-port 0 --drain-delay 0 &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
