@@ -25,7 +25,7 @@ test: install
 	$(BIN)/python -m pytest
 
 test-fast: install
-	$(BIN)/python -m pytest -m 'not slow and not benchmark'
+	$(BIN)/python -m pytest -m 'not slow and not benchmark and not deploy'
 
 # Builds the images and runs the compose stack on a Docker engine (installed and started here
 # when missing; root needed). Skips with the reason where no engine can start, fails under CI.

@@ -18,6 +18,7 @@ import sys
 from cli import explain
 from core.errors import ProtoLMError
 
+OWN_PACKAGES = ("core", "protolm", "export", "service", "cli")
 TRAINING_NEEDS = ("torch", "transformers")
 SERVING_NEEDS = ("grpc", "onnxruntime", "tokenizers")
 # Each command module with the distributions it needs; a module whose needs are not installed
@@ -51,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # --log-level applies to protolm's own packages; libraries (faiss's loader, ONNX Runtime's
+    # optimizer, ...) speak only to warn.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for package in OWN_PACKAGES:
+        logging.getLogger(package).setLevel(args.log_level.upper())
     try:
         return int(args.handler(args) or 0)
     except ProtoLMError as exc:

@@ -40,3 +40,8 @@ class DeadlineExceededError(ProtoLMError):
 
 class UnauthenticatedError(ProtoLMError):
     """A missing or wrong bearer token."""
+
+
+class RemoteError(ProtoLMError):
+    """A call the client made to a protolm server failed (client side only: the server
+    never raises it); the message names the server, the status code and its details."""

@@ -7,8 +7,10 @@ calls :func:`explain_remote` here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
+from core.errors import RemoteError
 from core.options import add_options, from_namespace
 from service.config import ClientConfig, ServerConfig
 
@@ -37,10 +39,22 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
 def _client(config: ClientConfig, target: str | None = None):
+    """A client whose failed calls become one-line errors naming the server and the status."""
+    import grpc
+
     from service.client import ProtoLMClient
 
-    return ProtoLMClient(target or config.server, token=config.token, tls_ca=config.tls_ca, timeout=config.timeout)
+    address = target or config.server
+    try:
+        with ProtoLMClient(address, token=config.token, tls_ca=config.tls_ca, timeout=config.timeout) as client:
+            yield client
+    except grpc.RpcError as error:
+        details = (error.details() or "").splitlines()[0] if error.details() else ""
+        raise RemoteError(f"{address}: {error.code().name}: {details}") from None
+    except OSError as error:  # an unreadable --tls-ca
+        raise RemoteError(f"{address}: {error}") from None
 
 
 def _classify(args: argparse.Namespace) -> int:

@@ -147,10 +147,15 @@ class Engine:
         return self.model
 
     async def _run(self, inputs: list[TextInput], deadline: float | None, method: str):
-        model = self.current_model()
-        model.preprocessor.validate(inputs)
-        model.batcher.check_capacity(len(inputs))  # overload is refused before any tokenising
-        encoded = await asyncio.get_running_loop().run_in_executor(self._tokenizer_executor, model.preprocessor.encode, inputs)
+        while True:
+            model = self.current_model()
+            model.preprocessor.validate(inputs)
+            model.batcher.check_capacity(len(inputs))  # overload is refused before any tokenising
+            encoded = await asyncio.get_running_loop().run_in_executor(self._tokenizer_executor, model.preprocessor.encode, inputs)
+            if self.model is model:
+                break
+            # a reload swapped the model while this request was tokenised: the old batcher
+            # takes no more work, and the new model may tokenise differently
         completed: list[Completed[InputOutputs]] = await model.batcher.submit(encoded, [e.length for e in encoded], deadline)
         self.metrics.inputs.labels(method=method).inc(len(encoded))
         truncated = sum(e.truncated for e in encoded)

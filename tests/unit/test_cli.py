@@ -22,3 +22,17 @@ def test_client_options_are_flags_and_variables(monkeypatch):
     assert (config.server, config.timeout) == ("localhost:1", 3.0)
     explain = parser.parse_args(["explain", "localhost:50051", "a text"])
     assert from_namespace(ClientConfig, explain).timeout == 2.5 and explain.top_prototypes == 3
+
+
+def test_client_commands_answer_a_missing_server_or_a_bad_request_in_one_line(capsys):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    target = f"127.0.0.1:{port}"
+    for argv in (["classify", "--server", target, "--timeout", "2", "a film"], ["health", "--server", target, "--timeout", "2"],
+                 ["explain", target, "a film", "--timeout", "2"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"protolm {argv[0]}: error: {target}: UNAVAILABLE"), err

@@ -377,3 +377,28 @@ async def test_a_reload_cut_off_by_the_callers_deadline_still_finishes_and_is_lo
         assert (await api.GetModelInfo(pb.GetModelInfoRequest())).model.name == "next"
         assert any("reloaded" in r.getMessage() for r in caplog.records)
         await channel.close()
+
+
+async def test_a_reload_while_a_request_is_tokenised_does_not_fail_it(tmp_path):
+    (tmp_path / "current").mkdir()
+    (tmp_path / "next").mkdir()
+    config = server_config(bundle_dir=str(tmp_path / "current"), admin_without_token=True)
+    async with running_server(config, lambda path, cfg: fake_model(cfg, name=path.rsplit("/", 1)[-1])) as server:
+        channel, api, _ = stubs(server.port)
+        tokenising, release = threading.Event(), threading.Event()
+        old = server.engine.model.preprocessor
+        original = old.encode
+
+        def slow_encode(inputs):
+            tokenising.set()
+            release.wait(10)
+            return original(inputs)
+
+        old.encode = slow_encode
+        call = asyncio.ensure_future(api.Classify(classify_request("tokenised across a reload"), timeout=10))
+        await until(tokenising.is_set)
+        await server.reload("next")  # the old model's batcher stops taking work
+        release.set()
+        reply = await call
+        assert reply.metadata.model_name == "next" and len(reply.results) == 1
+        await channel.close()

@@ -354,6 +354,9 @@ async def test_cli_classify_and_explain_through_a_running_server(capsys):
         assert await asyncio.to_thread(main, ["classify", "--server", target, "a fine film", "a dull one"]) == 0
         out = capsys.readouterr().out.splitlines()
         assert len(out) == 2 and out[0].endswith("a fine film")
+        assert await asyncio.to_thread(main, ["classify", "--server", target, ""]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"protolm classify: error: {target}: INVALID_ARGUMENT: inputs[0].text has no readable text (empty, blank or invisible characters only)"]
         assert await asyncio.to_thread(main, ["explain", target, "a fine film", "--colour", "never", "--top-prototypes", "2"]) == 0
         out = capsys.readouterr().out
         assert out.startswith("prediction: ") and out.count("exemplar: [exemplar]") == 2
