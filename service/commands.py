@@ -51,8 +51,8 @@ def _client(config: ClientConfig, target: str | None = None):
         with ProtoLMClient(address, token=config.token, tls_ca=config.tls_ca, timeout=config.timeout) as client:
             yield client
     except grpc.RpcError as error:
-        details = (error.details() or "").splitlines()[0] if error.details() else ""
-        raise RemoteError(f"{address}: {error.code().name}: {details}") from None
+        first_line = (error.details() or "").partition("\n")[0]
+        raise RemoteError(f"{address}: {error.code().name}: {first_line}") from None
     except OSError as error:  # an unreadable --tls-ca
         raise RemoteError(f"{address}: {error}") from None
 

@@ -106,7 +106,7 @@ class Preprocessor:
     def _encode_singles(self, texts: list[str]):
         cuts = self.readable_prefixes(texts)
         encodings = self.tokenizer.encode_batch(cuts)
-        return [(e, bool(e.overflowing) or cut != text, None) for e, cut, text in zip(encodings, cuts, texts)]
+        return [(e, e.sequence_ids, bool(e.overflowing) or cut != text) for e, cut, text in zip(encodings, cuts, texts)]
 
     def _encode_pairs(self, texts: list[str], pairs: list[str]):
         """Longest-first truncation, as the tokenizer (and the trainer) does it on the whole
@@ -125,7 +125,8 @@ class Preprocessor:
             kept = longest_first(length, pair_length, self.max_length - self._pair_specials)
             first.truncate(kept[0])
             second.truncate(kept[1])
-            results.append((self.tokenizer.post_process(first, second), kept != (length, pair_length), kept[0]))
+            encoding = self.tokenizer.post_process(first, second)
+            results.append((encoding, _pair_sequence_ids(encoding.special_tokens_mask, kept[0]), kept != (length, pair_length)))
         return results
 
     def encode(self, inputs: list[TextInput]) -> list[EncodedInput]:
@@ -135,8 +136,7 @@ class Preprocessor:
         else:
             tokenised = self._encode_singles([i.text for i in inputs])
         encoded = []
-        for position, (item, (encoding, truncated, first_length)) in enumerate(zip(inputs, tokenised)):
-            sequence_ids = encoding.sequence_ids if first_length is None else _pair_sequence_ids(encoding.special_tokens_mask, first_length)
+        for position, (item, (encoding, sequence_ids, truncated)) in enumerate(zip(inputs, tokenised)):
             present = set(sequence_ids) - {None}
             for segment, name in enumerate(("text", "text_pair")[: 2 if self.is_pair else 1]):
                 if segment not in present:

@@ -101,3 +101,22 @@ async def until(condition, seconds: float = 10.0) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("never reached the expected state")
+
+
+def reseal(directory, change) -> None:
+    """Change a bundle manifest's JSON and seal it again, as a tool that edits bundles would."""
+    import json
+
+    from core.bundle import MANIFEST_FILE, sealed_json
+
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    change(manifest)
+    manifest.pop("manifest_sha256")
+    (directory / MANIFEST_FILE).write_bytes(sealed_json(manifest))
+
+
+def file_entry(path) -> dict:
+    """A file's entry in the manifest's ``files``."""
+    from core.bundle import sha256_file
+
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}

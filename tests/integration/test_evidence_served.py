@@ -1,7 +1,6 @@
 """Explain's evidence through a real server on a real (tiny) exported bundle: the contributions
 sum to the margin between the logits the served graph computed."""
 
-import json
 import shutil
 
 import grpc
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.bundle import LAST_LAYER_FILE, MANIFEST_FILE, sealed_json, sha256_file
+from core.bundle import LAST_LAYER_FILE
 from core.errors import BundleError
 from protolm.model import load_model
 from service.grpc_api import protolm_pb2 as pb
@@ -17,7 +16,7 @@ from service.grpc_api import protolm_pb2_grpc as pb_grpc
 from service.loader import load_serving_model
 from service.served_bundle import ServedBundle
 from tests.conftest import TINY_NEGATIVE, TINY_POSITIVE
-from tests.service_helpers import running_server, server_config
+from tests.service_helpers import file_entry, reseal, running_server, server_config
 
 TEXTS = [f"{text} number {n}" for n in range(25) for text in (TINY_POSITIVE[n % 7], TINY_NEGATIVE[n % 7])]
 
@@ -50,10 +49,7 @@ def test_verify_refuses_a_last_layer_that_is_not_the_graphs(tiny_bundle, tmp_pat
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     weights = np.load(bundle / LAST_LAYER_FILE)
     np.save(bundle / LAST_LAYER_FILE, weights[::-1].copy())
-    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
-    manifest.pop("manifest_sha256")
-    manifest["files"][LAST_LAYER_FILE] = {"size": (bundle / LAST_LAYER_FILE).stat().st_size, "sha256": sha256_file(bundle / LAST_LAYER_FILE)}
-    (bundle / MANIFEST_FILE).write_bytes(sealed_json(manifest))
+    reseal(bundle, lambda manifest: manifest["files"].update({LAST_LAYER_FILE: file_entry(bundle / LAST_LAYER_FILE)}))
     with pytest.raises(BundleError, match=f"^{LAST_LAYER_FILE}: logits differ from last layer x similarities"):
         ServedBundle.load(bundle).smoke_test()
 
@@ -61,11 +57,7 @@ def test_verify_refuses_a_last_layer_that_is_not_the_graphs(tiny_bundle, tmp_pat
 async def test_a_bundle_before_format_3_explains_without_evidence(tiny_bundle, tmp_path):
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     (bundle / LAST_LAYER_FILE).unlink()
-    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
-    manifest.pop("manifest_sha256")
-    manifest["format_version"] = 2
-    del manifest["files"][LAST_LAYER_FILE]
-    (bundle / MANIFEST_FILE).write_bytes(sealed_json(manifest))
+    reseal(bundle, lambda manifest: (manifest.update(format_version=2), manifest["files"].pop(LAST_LAYER_FILE)))
     async with running_server(server_config(bundle_dir=str(bundle)), load_serving_model) as server:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         reply = await pb_grpc.ProtoLMServiceStub(channel).Explain(pb.ExplainRequest(inputs=[pb.TextInput(text="lovely")]))

@@ -24,12 +24,11 @@ from core.bundle import (
     VARIANT_FILES,
     IndexInfo,
     parse_manifest,
-    sealed_json,
-    sha256_file,
 )
 from protolm.training_record import TrainingRecord
 from service.engine import ExampleLookup
 from service.served_bundle import ServedBundle as Bundle
+from tests.service_helpers import file_entry, reseal
 
 BUNDLE_FILES = [TOKENIZER_FILE, *VARIANT_FILES.values(), PROTOTYPE_INDEX_FILE, EXAMPLE_INDEX_FILE, EXAMPLES_FILE, EXAMPLE_OFFSETS_FILE, EXEMPLARS_FILE, LAST_LAYER_FILE]
 
@@ -44,14 +43,6 @@ def flip_byte(path, position=None):
     position = len(data) // 2 if position is None else position
     data[position] ^= 0xFF
     path.write_bytes(bytes(data))
-
-
-def reseal(directory, change):
-    """Change the manifest's JSON and seal it again, as a tool that edits bundles would."""
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    change(manifest)
-    manifest.pop("manifest_sha256")
-    (directory / MANIFEST_FILE).write_bytes(sealed_json(manifest))
 
 
 def test_manifest_describes_the_bundle(tiny_bundle, tiny_model_dir):
@@ -174,7 +165,7 @@ def test_a_format_1_bundle_is_still_served(bundle_copy):
 
     def as_format_1(manifest):
         manifest["format_version"] = 1
-        manifest["files"][EXEMPLARS_FILE] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        manifest["files"][EXEMPLARS_FILE] = file_entry(path)
 
     reseal(bundle_copy, as_format_1)
     bundle = Bundle.load(bundle_copy)
