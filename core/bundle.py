@@ -45,6 +45,8 @@ VARIANT_FILES = {
     "int8": "model.int8.onnx",
     "fp16": "model.fp16.onnx",
 }
+# Variants whose weights are the model's own: their encodings match PyTorch to float error.
+FULL_PRECISION_VARIANTS = ("fp32", "optimized")
 VARIANT_DEVICES = {"fp32": "any", "optimized": "any", "int8": "cpu", "fp16": "gpu"}
 VARIANT_PREFERENCE = {"gpu": ("fp16", "optimized", "fp32"), "cpu": ("int8", "optimized", "fp32")}
 GRAPH_OUTPUTS = ("logits", "probabilities", "token_attention", "prototype_similarities", "pooled")
@@ -84,6 +86,8 @@ class Architecture:
     prototype_class: tuple[int, ...]  # class of every prototype
     epsilon: float | None = None
     prototypes_per_class: int | None = None
+    # ProtoPNet push: every prototype is its exemplar's encoding (bundle verify checks it).
+    prototypes_pushed: bool = False
 
     @property
     def metric(self) -> Metric:
@@ -334,7 +338,7 @@ class Exemplar:
     text: str
     text_pair: str | None
     label: int
-    distance: float  # prototype to exemplar, in the model's metric
+    distance: float  # prototype to its exemplar's encoding, in the model's metric
     words: tuple[Highlight, ...]  # the exemplar's own attention, merged to words
 
 

@@ -17,6 +17,9 @@ import numpy as np
 from core.errors import ConfigError
 
 DEFAULT_SIMILARITY = "cosine"
+# After push a prototype is its exemplar's encoding up to float error: 1 - cos <= 1e-4, or an
+# L2 distance <= 1e-4 of the prototype's length (fp32 graph against PyTorch measures ~1e-7).
+PUSH_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,20 @@ class Metric:
         if self.normalises:
             return 1.0 - scores
         return np.sqrt(np.maximum(scores, 0.0))
+
+    def row_distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The layer's distance between ``a[i]`` and ``b[i]``, row by row."""
+        a, b = self.prepare(a), self.prepare(b)
+        if self.normalises:
+            return self.distances((a * b).sum(-1))
+        return self.distances(((a - b) ** 2).sum(-1))
+
+    def push_tolerance(self, prototypes: np.ndarray) -> np.ndarray:
+        """Per prototype, the largest distance at which it still *is* its exemplar's encoding:
+        :data:`PUSH_TOLERANCE`, scaled by the prototype's length where the metric has a scale."""
+        if self.normalises:
+            return np.full(len(prototypes), PUSH_TOLERANCE)
+        return PUSH_TOLERANCE * np.maximum(np.linalg.norm(prototypes, axis=-1), 1.0)
 
 
 METRICS: dict[str, Metric] = {

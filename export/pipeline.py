@@ -69,6 +69,21 @@ def _checked_exemplars(exemplars: tuple[Exemplar, ...], train: TextClassificatio
     return exemplars
 
 
+def _measured_exemplars(exemplars: tuple[Exemplar, ...], train_pooled: np.ndarray, prototypes: np.ndarray, metric: Metric, pushed: bool) -> tuple[Exemplar, ...]:
+    """The exemplars with the distance from each prototype to its exemplar's encoding as
+    exported; a pushed model whose prototypes are not their exemplars is refused."""
+    encodings = train_pooled[[e.example_id for e in exemplars]]
+    distances = metric.row_distances(encodings, prototypes[[e.prototype for e in exemplars]])
+    excess = distances - metric.push_tolerance(prototypes)
+    worst = int(np.argmax(excess))
+    if pushed and excess[worst] > 0:
+        raise ConfigError(
+            f"the model was trained with push, yet prototype {exemplars[worst].prototype} is at distance "
+            f"{distances[worst]:.3g} from its exemplar's encoding; the model directory changed after training"
+        )
+    return tuple(dataclasses.replace(e, distance=float(d)) for e, d in zip(exemplars, distances))
+
+
 def _metrics(evaluation: dict | None) -> dict:
     if evaluation is None:
         return {}
@@ -146,8 +161,13 @@ def _write_bundle(directory: Path, model_dir: Path, model: ProtoLM, training: Tr
 
     reference = predict(model, validation, config.batch_size, config.progress)
     train_pooled = predict(model, train, config.batch_size, config.progress).pooled
-    exemplars = load_exemplars(model_dir) or project_prototypes(model, train, train_pooled)
-    write_exemplars(directory / EXEMPLARS_FILE, _checked_exemplars(exemplars, train), source=train.name)
+    metric = metric_for(model.config.similarity)
+    prototypes = model.prototypes.vectors.detach().float().cpu().numpy()
+    saved = load_exemplars(model_dir)
+    pushed = saved is not None and training.config.optim.project and training.config.optim.push
+    exemplars = _checked_exemplars(saved or project_prototypes(model, train, train_pooled), train)
+    exemplars = _measured_exemplars(exemplars, train_pooled, prototypes, metric, pushed)
+    write_exemplars(directory / EXEMPLARS_FILE, exemplars, source=train.name)
     write_last_layer(directory, model.classifier.weight.detach().float().cpu().numpy())
 
     batches = length_sorted_batches(tokenizer, validation, graph_inputs(model), config.batch_size)
@@ -155,8 +175,6 @@ def _write_bundle(directory: Path, model_dir: Path, model: ProtoLM, training: Tr
         directory, variants, model, batches, validation.labels, reference.labels, config.min_agreement, config.progress
     )
 
-    metric = metric_for(model.config.similarity)
-    prototypes = model.prototypes.vectors.detach().float().cpu().numpy()
     write_index(build_index(prototypes, metric), directory / PROTOTYPE_INDEX_FILE)
     write_examples(directory, train)
     indexes = Indexes(
@@ -180,6 +198,7 @@ def _write_bundle(directory: Path, model_dir: Path, model: ProtoLM, training: Tr
             hidden_size=model.hidden_size,
             uses_token_type_ids=model.config.uses_token_type_ids,
             prototype_class=tuple(model.prototype_class.tolist()),
+            prototypes_pushed=pushed,
         ),
         hyperparameters={**dataclasses.asdict(training.config.model), **dataclasses.asdict(training.config.optim), "top_k_count": training.top_k},
         training_data=dataclasses.asdict(training.train),

@@ -53,7 +53,7 @@ class OptimConfig:
     seed: int = option(42, "seed for initialisation, sampling and data order")
     precision: str = option("fp32", "fp32, bf16 or fp16 (mixed precision needs a GPU for fp16)", choices=("fp32", "bf16", "fp16"))
     project: bool = option(True, "after training, project every prototype onto its nearest training example")
-    push: bool = option(False, "ProtoPNet push: replace prototypes by their exemplars' encodings, then retrain the last layer")
+    push: bool = option(True, "ProtoPNet push: every prototype becomes its exemplar's encoding, then the last layer is retrained on the fixed similarities (false: keep the learned vectors)")
     push_epochs: int = option(30, "epochs of last-layer retraining after push")
     dataloader_workers: int = option(0, "data-loading worker processes")
 

@@ -17,6 +17,7 @@ from core.bundle import (
     EXAMPLE_OFFSETS_FILE,
     EXAMPLES_FILE,
     EXEMPLARS_FILE,
+    FULL_PRECISION_VARIANTS,
     GRAPH_OUTPUTS,
     LAST_LAYER_FILE,
     MANIFEST_FILE,
@@ -118,6 +119,43 @@ class ServedBundle:
         """FAISS index over the training examples' pooled encodings; id = row of the example store."""
         return self._read_index(self.manifest.indexes.examples)
 
+    def prototype_vectors(self) -> np.ndarray:
+        """The prototypes as the index holds them (unit length under a cosine metric)."""
+        index = self.prototype_index()
+        return index.reconstruct_n(0, index.ntotal)
+
+    def exemplar_distances(self, session, batch_size: int = 64) -> np.ndarray:
+        """Per exemplar, the distance from its prototype to its text's encoding by ``session``."""
+        exemplars = self.exemplars
+        pooled = []
+        for start in range(0, len(exemplars), batch_size):
+            chunk = exemplars[start : start + batch_size]
+            feeds = self.encode([e.text for e in chunk], [e.text_pair or "" for e in chunk] if self.manifest.is_pair else None)
+            pooled.append(session.run(["pooled"], feeds)[0])
+        prototypes = self.prototype_vectors()[[e.prototype for e in exemplars]]
+        return self.manifest.metric.row_distances(np.concatenate(pooled), prototypes)
+
+    def _check_exemplars(self, variant: Variant, session) -> str:
+        """After push every prototype is its exemplar's encoding (distance 0); otherwise it is
+        at the distance the bundle records. Reduced-precision graphs are measured, not held to it."""
+        measured = self.exemplar_distances(session)
+        if variant.name not in FULL_PRECISION_VARIANTS:
+            return f"{variant.file}: exemplar encodings at distance <= {measured.max():.2g} from their prototypes (reduced precision, not checked)"
+        pushed = self.manifest.architecture.prototypes_pushed
+        expected = np.zeros_like(measured) if pushed else np.array([e.distance for e in self.exemplars])
+        tolerance = self.manifest.metric.push_tolerance(self.prototype_vectors())[[e.prototype for e in self.exemplars]]
+        worst = int(np.argmax(np.abs(measured - expected) - tolerance))
+        if abs(measured[worst] - expected[worst]) > tolerance[worst]:
+            exemplar = self.exemplars[worst]
+            raise BundleError(
+                f"{EXEMPLARS_FILE}: prototype {exemplar.prototype} is at distance {measured[worst]:.3g} from the encoding of "
+                f"its exemplar (example {exemplar.example_id}) in {variant.file}; expected {expected[worst]:.3g} +- {tolerance[worst]:.0e}"
+            )
+        if pushed:
+            return f"{variant.file}: every prototype is its exemplar's encoding (distance <= {measured.max():.1g}; tolerance {tolerance.max():.0e})"
+        return (f"{variant.file}: prototypes not pushed: exemplar encodings at distance {np.median(measured):.3f} (median) "
+                f"to {measured.max():.3f} (max) from their prototypes, as recorded")
+
     def examples(self) -> ExampleStore:
         store = ExampleStore(self.path)
         if len(store) != self.manifest.indexes.examples.count:
@@ -174,6 +212,7 @@ class ServedBundle:
                     raise BundleError(f"{LAST_LAYER_FILE}: logits differ from last layer x similarities by {gap:.2g} in {variant.file}")
             pooled = outputs["pooled"] if pooled is None else pooled
             report.append(f"{variant.file}: ran a {batch}x{length} batch on {session.get_providers()[0]} (servable: {variant.servable})")
+            report.append(self._check_exemplars(variant, session))
         queries = self.manifest.metric.prepare(pooled)
         indexes = self.manifest.indexes
         for info, index in ((indexes.prototypes, self.prototype_index()), (indexes.examples, self.example_index())):

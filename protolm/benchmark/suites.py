@@ -46,13 +46,13 @@ TASK_ORDER = tuple(CPU_BUDGETS)
 ABLATION_TASK = "sst2"
 ABLATION_BUDGET = {"cpu": TaskBudget(2000, 1, 1, faithfulness_samples=None), "full": TaskBudget(None, 3, 1, faithfulness_samples=None)}
 ABLATIONS: tuple[tuple[str, str, dict], ...] = (
-    ("default", "N=200, K=0.5 (50 per class), λ=(0.5, 0.25, 0.25), cosine, no push", {}),
+    ("default", "N=200, K=0.5 (50 per class), λ=(0.5, 0.25, 0.25), cosine, push", {}),
     *(("prototypes", f"N={n}", {"num_prototypes": n}) for n in (2, 10, 50, 1000)),
     *(("top_k", f"K={k}", {"top_k": k}) for k in (1, 100)),
     ("weights", "λ=(1, 0, 0): cross-entropy only", {"ce_weight": 1.0, "cohesion_weight": 0.0, "separation_weight": 0.0}),
     ("weights", "λ=(0.5, 0.5, 0): no separation", {"ce_weight": 0.5, "cohesion_weight": 0.5, "separation_weight": 0.0}),
     *(("similarity", f"similarity={s}", {"similarity": s}) for s in ("inverse", "log")),
-    ("push", "with push", {"push": True}),
+    ("push", "without push", {"push": False}),
 )
 PUSH_OVERRIDES = frozenset({"push"})  # options of OptimConfig rather than ModelOptions
 

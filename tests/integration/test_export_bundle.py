@@ -1,5 +1,6 @@
 """`protolm export` end to end on a tiny trained model, and `ServedBundle.load` / `protolm bundle verify` on what it wrote."""
 
+import dataclasses
 import json
 import shutil
 
@@ -28,6 +29,8 @@ from core.bundle import (
 from protolm.training_record import TrainingRecord
 from service.engine import ExampleLookup
 from service.served_bundle import ServedBundle as Bundle
+from core.similarity import PUSH_TOLERANCE
+from tests.conftest import write_tiny_csvs
 from tests.service_helpers import file_entry, reseal
 
 BUNDLE_FILES = [TOKENIZER_FILE, *VARIANT_FILES.values(), PROTOTYPE_INDEX_FILE, EXAMPLE_INDEX_FILE, EXAMPLES_FILE, EXAMPLE_OFFSETS_FILE, EXEMPLARS_FILE, LAST_LAYER_FILE]
@@ -90,7 +93,10 @@ def test_bundle_parts_match_the_model(tiny_bundle, tiny_model_dir):
     assert nearest_row == row and distance == pytest.approx(0.0, abs=1e-5)
 
     # one exemplar type from projection to the bundle: the model directory's exemplars, as read back
-    assert bundle.exemplars == load_exemplars(tiny_model_dir)
+    # (the distance measured again on the export's encodings)
+    saved = load_exemplars(tiny_model_dir)
+    assert [dataclasses.replace(e, distance=0.0) for e in bundle.exemplars] == [dataclasses.replace(e, distance=0.0) for e in saved]
+    np.testing.assert_allclose([e.distance for e in bundle.exemplars], [e.distance for e in saved], atol=PUSH_TOLERANCE)
     assert [store[e.example_id].text for e in bundle.exemplars] == [e.text for e in bundle.exemplars]
 
 
@@ -188,6 +194,64 @@ def test_verify_command_reports_every_check(tiny_bundle, capsys):
     for name in BUNDLE_FILES:
         assert name in out
     assert out.rstrip().endswith(")") and ": ok (" in out
+
+
+def test_pushed_prototypes_are_their_exemplars_encodings(tiny_bundle, tiny_model_dir, capsys):
+    """Push is the default: every prototype is its exemplar's encoding in the served fp32
+    graphs, the bundle records it, and the training record holds accuracy before and after."""
+    bundle = Bundle.load(tiny_bundle)
+    assert bundle.manifest.architecture.prototypes_pushed
+    assert {"accuracy_before_push", "accuracy_after_push"} <= set(TrainingRecord.read(tiny_model_dir).projection)
+    assert max(e.distance for e in bundle.exemplars) <= PUSH_TOLERANCE
+    for name in ("fp32", "optimized"):
+        session = bundle.session(bundle.choose_variant("cpu", preferred=name))
+        assert bundle.exemplar_distances(session).max() <= PUSH_TOLERANCE
+    assert main(["bundle", "verify", str(tiny_bundle)]) == 0
+    assert "model.onnx: every prototype is its exemplar's encoding" in capsys.readouterr().out
+
+
+def test_verify_fails_when_a_prototype_is_not_its_exemplar(bundle_copy, capsys):
+    import faiss
+
+    vectors = Bundle.load(bundle_copy).prototype_vectors()
+    moved = vectors[2] + 0.05 * np.random.default_rng(0).standard_normal(vectors.shape[1]).astype(np.float32)
+    vectors[2] = moved / np.linalg.norm(moved)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    faiss.write_index(index, str(bundle_copy / PROTOTYPE_INDEX_FILE))
+    reseal(bundle_copy, lambda m: m["files"].update({PROTOTYPE_INDEX_FILE: file_entry(bundle_copy / PROTOTYPE_INDEX_FILE)}))
+    assert main(["bundle", "verify", str(bundle_copy)]) == 2
+    assert f"error: {EXEMPLARS_FILE}: prototype 2 is at distance" in capsys.readouterr().err
+
+
+def test_without_push_the_bundle_records_each_prototypes_distance(tiny_encoder_dir, tmp_path, capsys):
+    from protolm.config import DataConfig, EvalConfig, ModelOptions, OptimConfig, TrainConfig
+    from protolm.pipeline import run_training
+
+    files = write_tiny_csvs(tmp_path, train_rows=60, validation_rows=30)
+    config = TrainConfig(
+        data=DataConfig(train_file=str(files["train"]), validation_file=str(files["validation"])),
+        model=ModelOptions(encoder=str(tiny_encoder_dir), num_prototypes=6, max_length=32),
+        optim=OptimConfig(output_dir=str(tmp_path / "model"), epochs=1, batch_size=16, push=False),
+    )
+    _, model_dir, _ = run_training(config, EvalConfig(faithfulness=False))
+    assert main(["export", str(model_dir), str(tmp_path / "bundle"), "--variants", "", "--progress", "false"]) == 0
+    bundle = Bundle.load(tmp_path / "bundle")
+    assert not bundle.manifest.architecture.prototypes_pushed
+    recorded = np.array([e.distance for e in bundle.exemplars])
+    measured = bundle.exemplar_distances(bundle.session(bundle.choose_variant("cpu", preferred="fp32")))
+    np.testing.assert_allclose(measured, recorded, atol=PUSH_TOLERANCE)
+    capsys.readouterr()
+    assert main(["bundle", "verify", str(tmp_path / "bundle")]) == 0
+    assert "model.onnx: prototypes not pushed" in capsys.readouterr().out
+
+    path = tmp_path / "bundle" / EXEMPLARS_FILE
+    payload = json.loads(path.read_text())
+    payload["exemplars"][4]["distance"] += 0.01
+    path.write_text(json.dumps(payload))
+    reseal(tmp_path / "bundle", lambda m: m["files"].update({EXEMPLARS_FILE: file_entry(path)}))
+    assert main(["bundle", "verify", str(tmp_path / "bundle")]) == 2
+    assert f"error: {EXEMPLARS_FILE}: prototype 4 is at distance" in capsys.readouterr().err
 
 
 def test_export_command_builds_an_hnsw_fp32_only_bundle_and_refuses_to_overwrite(tiny_model_dir, tmp_path, capsys):
