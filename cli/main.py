@@ -15,7 +15,7 @@ import importlib.util
 import logging
 import sys
 
-from cli import explain
+from cli import explain, report
 from core.errors import ProtoLMError
 
 OWN_PACKAGES = ("core", "protolm", "export", "service", "cli")
@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name, needs in COMMAND_MODULES:
         if all(_installed(name) for name in needs):
             importlib.import_module(module_name).register(subparsers)
-    explain.register(subparsers, local=all(map(_installed, TRAINING_NEEDS)), remote=all(map(_installed, SERVING_NEEDS)))
+    training, serving = all(map(_installed, TRAINING_NEEDS)), all(map(_installed, SERVING_NEEDS))
+    explain.register(subparsers, local=training, remote=serving)
+    report.register(subparsers, training=training, serving=serving)
     return parser
 
 
