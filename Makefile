@@ -42,4 +42,4 @@ results: install
 	$(BIN)/protolm benchmark report
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-oip runs .pytest_cache

@@ -26,6 +26,10 @@ class InvalidInputError(ProtoLMError):
     """A request the service cannot answer because of what the caller sent."""
 
 
+class NotFoundError(ProtoLMError):
+    """A model (or model version) the server does not serve."""
+
+
 class OverloadedError(ProtoLMError):
     """The service is at capacity and rejects work instead of queueing it without bound."""
 

@@ -9,6 +9,7 @@ from core.errors import (
     ConfigError,
     DeadlineExceededError,
     InvalidInputError,
+    NotFoundError,
     NotReadyError,
     OverloadedError,
     ProtoLMError,
@@ -17,6 +18,7 @@ from core.errors import (
 
 STATUS_CODES: tuple[tuple[type[ProtoLMError], grpc.StatusCode], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),

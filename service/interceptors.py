@@ -7,8 +7,9 @@ costs nothing and fills no log); refusal while the server drains; the size limit
 (malformed bytes are INVALID_ARGUMENT with a plain message and one rate-limited log line);
 then the servicer. Each call is counted by its final status code, exceptions become codes
 through :func:`service.errors.status_for`, and unexpected errors become INTERNAL with a
-generic message while the details go to the log with the request id. Health checks pass
-untouched (probes need no token); other services (reflection) get the token check only.
+generic message while the details go to the log with the request id. Health checks (and the
+probes in ``Access.open_methods``) pass untouched: probes need no token; other services
+(reflection) get the token check only.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Access:
 
     tokens: dict[str, str | None]  # full service name -> token
     default_token: str | None  # for other services (reflection); health is always open
+    open_methods: frozenset[str] = frozenset()  # other probes that pass untouched, like health's
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
@@ -85,7 +87,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         full_method = handler_call_details.method
-        if handler is None or full_method.startswith(HEALTH_PREFIX):
+        if handler is None or full_method.startswith(HEALTH_PREFIX) or full_method in self.access.open_methods:
             return handler
         service = full_method[1:].rsplit("/", 1)[0]
         if service not in self.access.tokens:

@@ -24,10 +24,12 @@ from grpc_reflection.v1alpha import reflection
 from core.errors import ConfigError, InvalidInputError, ProtoLMError
 from service.config import ServerConfig
 from service.engine import Engine, ServingModel
+from service.grpc_api import grpc_predict_v2_pb2_grpc as oip_grpc
 from service.grpc_api import protolm_pb2 as pb
 from service.grpc_api import protolm_pb2_grpc as pb_grpc
 from service.interceptors import Access, ServiceInterceptor
 from service.metrics import Metrics
+from service.oip_servicer import OIP_PROBES, OIP_SERVICE, InferenceServicer
 from service.servicer import ProtoLMAdminServicer, ProtoLMServicer
 
 log = logging.getLogger(__name__)
@@ -72,16 +74,22 @@ class ProtoLMServer:
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
         self.draining = False
+        self.serving = False  # what grpc.health.v1 reports; the Open Inference Protocol's ServerReady agrees
         self.interceptor = ServiceInterceptor(
             self.metrics,
-            Access(tokens={API_SERVICE: config.auth_token, ADMIN_SERVICE: config.admin_token}, default_token=config.auth_token),
+            Access(
+                tokens={API_SERVICE: config.auth_token, OIP_SERVICE: config.auth_token, ADMIN_SERVICE: config.admin_token},
+                default_token=config.auth_token,
+                open_methods=OIP_PROBES,
+            ),
             config.max_request_bytes,
             draining=lambda: self.draining,
         )
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in (OVERALL, API_SERVICE):
+        self.serving = serving
+        for service in (OVERALL, API_SERVICE, OIP_SERVICE):
             await self.health.set(service, status)
 
     async def start(self) -> None:
@@ -91,7 +99,8 @@ class ProtoLMServer:
             interceptors=[self.interceptor], options=[("grpc.max_receive_message_length", 2 * self.config.max_request_bytes)]
         )
         pb_grpc.add_ProtoLMServiceServicer_to_server(ProtoLMServicer(self.engine), server)
-        names = [API_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.engine, ready=lambda: self.serving), server)
+        names = [API_SERVICE, OIP_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         if self.config.admin_token or self.config.admin_without_token:
             pb_grpc.add_ProtoLMAdminServiceServicer_to_server(ProtoLMAdminServicer(self.engine, self.reload), server)
             names.append(ADMIN_SERVICE)

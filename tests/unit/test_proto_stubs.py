@@ -1,4 +1,5 @@
-"""The committed gRPC stubs are exactly what the committed .proto generates."""
+"""The committed gRPC stubs are exactly what the committed .proto files generate (protolm.v1
+and the Open Inference Protocol)."""
 
 import os
 import subprocess
@@ -6,7 +7,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-GENERATED = ("protolm_pb2.py", "protolm_pb2.pyi", "protolm_pb2_grpc.py")
+GENERATED = tuple(f"{name}{suffix}" for name in ("protolm_pb2", "grpc_predict_v2_pb2") for suffix in (".py", ".pyi", "_grpc.py"))
 
 
 def test_regenerated_stubs_match_the_committed_ones(tmp_path):
