@@ -250,15 +250,16 @@ def _exemplar_html(exemplar: Exemplar | None) -> str:
 
 def confusion_svg(labels: Sequence[str], confusion: Sequence[Sequence[int]]) -> str:
     """Rows true, columns predicted; each cell shaded by its share of its row."""
-    cell, left, top = 56, 120, 70
     n = len(labels)
+    longest = max((len(name[:16]) for name in labels), default=1)
+    cell, left, top = max(56, min(7 * longest + 10, 122)), 20 + 7 * longest, 42
     width, height = left + n * cell + 10, top + n * cell + 10
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="confusion" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">',
              f'<text x="{left + n * cell / 2}" y="14" text-anchor="middle" class="axis">predicted</text>',
              f'<text x="12" y="{top + n * cell / 2}" text-anchor="middle" class="axis" transform="rotate(-90 12 {top + n * cell / 2})">true</text>']
     for j, name in enumerate(labels):
         x = left + j * cell + cell / 2
-        parts.append(f'<text x="{x}" y="{top - 8}" text-anchor="end" transform="rotate(-35 {x} {top - 8})">{_escape(name[:16])}</text>')
+        parts.append(f'<text x="{x}" y="{top - 8}" text-anchor="middle">{_escape(name[:16])}</text>')
     for i, (name, row) in enumerate(zip(labels, confusion)):
         y = top + i * cell
         parts.append(f'<text x="{left - 6}" y="{y + cell / 2 + 4}" text-anchor="end">{_escape(name[:16])}</text>')

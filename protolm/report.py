@@ -115,7 +115,7 @@ def model_dir_report(model_dir: str | Path, config: ReportConfig = ReportConfig(
     if record.best_validation_accuracy is not None:
         facts.append(("best validation accuracy", f"{record.best_validation_accuracy:.4f} on {record.validation.name}"))
     return ModelReport(
-        name=model_dir.resolve().name,
+        name="/".join(model_dir.resolve().parts[-2:]),
         source="model directory",
         path=str(model_dir),
         labels=labels,

@@ -197,3 +197,17 @@ def test_report_refuses_a_path_that_is_neither_in_one_line(tmp_path, capsys):
         f"protolm report: error: {tmp_path}: neither a model directory (no config.json and training.json) nor a serving bundle (no manifest.json)",
         f"protolm report: error: {tmp_path / 'nosuch'}: no such model directory or serving bundle",
     ]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_a_bundle_index_gives_its_vectors_back_for_the_map(kind):
+    from core.similarity import metric_for
+    from export.indexes import build_index
+    from service.report import reconstruct
+
+    metric = metric_for("cosine")
+    vectors = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    index = build_index(vectors, metric, kind)
+    ids = sample_ids(200, 30, seed=1)
+    np.testing.assert_allclose(reconstruct(index, ids), metric.prepare(vectors)[ids], atol=1e-6)
+    assert reconstruct(index, np.arange(0)).shape == (0, 8)
