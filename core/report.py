@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class FaithfulnessCurves:
     sufficiency: dict[str, list[float]]
 
     @classmethod
-    def from_dict(cls, value: Mapping[str, Any]) -> "FaithfulnessCurves":
+    def from_dict(cls, value: Mapping[str, Any]) -> FaithfulnessCurves:
         return cls(tuple(value["fractions"]), dict(value["comprehensiveness"]), dict(value["sufficiency"]))
 
 
@@ -111,7 +112,7 @@ class Evaluation:
     faithfulness: FaithfulnessCurves | None = None
 
     @classmethod
-    def from_dict(cls, value: Mapping[str, Any] | None) -> "Evaluation":
+    def from_dict(cls, value: Mapping[str, Any] | None) -> Evaluation:
         """From ``evaluation.json`` or a manifest's ``metrics`` (which has no confusion)."""
         value = value or {}
         confusion = value.get("confusion")
@@ -420,9 +421,9 @@ def _example_html(example: ExplainedExample) -> str:
         verdict = f'<span class="{"right" if right else "wrong"}">{"right" if right else "wrong"}: labelled {_escape(example.label)}</span>'
     probabilities = " ".join(f'<span class="prob">{_escape(n)} {p:.3f}</span>' for n, p in classification.probabilities.items())
     top = sorted(explanation.weights, key=lambda w: -w.weight)[:5]
+    truncated = ' <span class="muted">(truncated)</span>' if classification.truncated else ""
     parts = [f'<div class="example"><p class="text">{_texts(example.text, example.text_pair, explanation.weights)}</p>',
-             f'<p>predicted <b>{_escape(classification.label)}</b> {verdict} {probabilities}'
-             f'{" <span class=muted>(truncated)</span>" if classification.truncated else ""}</p>',
+             f'<p>predicted <b>{_escape(classification.label)}</b> {verdict} {probabilities}{truncated}</p>',
              f'<p class="muted">top words: {", ".join(f"{_escape(w.text)} ({w.weight:.2f})" for w in top)}</p>']
     evidence = explanation.evidence
     if evidence is not None:

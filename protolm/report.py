@@ -72,7 +72,8 @@ def _examples(model: ProtoLM, validation: TextClassificationData, exemplars, con
     )
 
 
-def model_dir_report(model_dir: str | Path, config: ReportConfig = ReportConfig()) -> ModelReport:
+def model_dir_report(model_dir: str | Path, config: ReportConfig | None = None) -> ModelReport:
+    config = config or ReportConfig()
     model_dir = Path(model_dir)
     record = TrainingRecord.read(model_dir)
     model = load_model(model_dir)
@@ -99,8 +100,9 @@ def model_dir_report(model_dir: str | Path, config: ReportConfig = ReportConfig(
                      "pass --data-dir where it is.")
     else:
         encodings = _map(model, train, config, record.config.optim.eval_batch_size)
-        examples = _examples(model, validation, exemplars, config)
-        examples_source = f"{len(examples)} examples of {validation.name} (a seeded sample, seed {config.seed}), explained by the PyTorch model."
+        if config.examples:
+            examples = _examples(model, validation, exemplars, config)
+            examples_source = f"{len(examples)} examples of {validation.name} (a seeded sample, seed {config.seed}), explained by the PyTorch model."
 
     facts = [
         ("encoder", model.config.encoder),

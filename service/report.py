@@ -17,7 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from core.explanation import DEFAULT_TOP_PROTOTYPES
-from core.report import Evaluation, EncodingMap, ExplainedExample, ModelReport, ReportConfig, encoding_map, report_prototypes, sample_ids
+from core.report import (
+    EncodingMap,
+    Evaluation,
+    ExplainedExample,
+    ModelReport,
+    ReportConfig,
+    encoding_map,
+    report_prototypes,
+    sample_ids,
+)
 from service.served_bundle import ServedBundle
 
 log = logging.getLogger(__name__)
@@ -83,7 +92,8 @@ def _examples(bundle: ServedBundle, config: ReportConfig) -> tuple[ExplainedExam
     return tuple(ExplainedExample(row.text, row.text_pair, labels[row.label], e) for row, e in zip(rows, explanations))
 
 
-def bundle_report(bundle_dir: str | Path, config: ReportConfig = ReportConfig()) -> ModelReport:
+def bundle_report(bundle_dir: str | Path, config: ReportConfig | None = None) -> ModelReport:
+    config = config or ReportConfig()
     bundle = ServedBundle.load(bundle_dir)
     manifest = bundle.manifest
     labels = tuple(manifest.labels)

@@ -40,11 +40,11 @@ def browse(chromium: str, page: Path, directory: Path) -> tuple[str, list[str], 
     """(the DOM after loading, the console's messages, a screenshot) of ``page``."""
     common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
               f"--user-data-dir={directory / 'profile'}", "--enable-logging=stderr", "--v=0"]
-    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
+    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180, check=False)
     assert dom.returncode == 0, dom.stderr[-2000:]
     screenshot = directory / "page.png"
     shot = subprocess.run([*common, f"--screenshot={screenshot}", f"--window-size={WINDOW[0]},{WINDOW[1]}", page.as_uri()],
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=180, check=False)
     assert shot.returncode == 0, shot.stderr[-2000:]
     console = [line for line in dom.stderr.splitlines() + shot.stderr.splitlines() if ":CONSOLE" in line]
     return dom.stdout, console, screenshot

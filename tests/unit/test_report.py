@@ -135,7 +135,7 @@ def test_every_prototype_appears_once_under_its_class():
 
 def test_the_svgs_are_well_formed_xml():
     page = render_html(make_report())
-    svgs = re.findall(r"<svg\b.*?</svg>", page, flags=re.S)
+    svgs = re.findall(r"<svg\b.*?</svg>", page, flags=re.DOTALL)
     assert [re.search(r'class="(\w+)"', s).group(1) for s in svgs] == ["confusion", "faithfulness", "faithfulness", "map"]
     for svg in svgs:
         root = ET.fromstring(svg)
