@@ -53,6 +53,33 @@ class _Pending:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+def length_sorted_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int, max_padding: float = 1.0) -> list[list[int]]:
+    """Positions of ``lengths`` cut into length-sorted batches within the size, padded-token
+    and padding-share limits (the batcher's and ``protolm predict``'s batches).
+
+    A batch is also closed when the next (longer) input would make padding more than
+    ``max_padding`` of its tokens: several tight batches run faster than one padded batch.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        length = lengths[i]
+        padded = (len(current) + 1) * length  # this input is the longest so far
+        if current and (
+            len(current) >= max_batch_size
+            or padded > max_batch_tokens
+            or 1.0 - (real + length) / padded > max_padding
+        ):
+            batches.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += length
+    if current:
+        batches.append(current)
+    return batches
+
+
 class DynamicBatcher(Generic[Item, Result]):
     def __init__(
         self,
@@ -189,28 +216,9 @@ class DynamicBatcher(Generic[Item, Result]):
         return live
 
     def _cut(self, pending: list[_Pending]) -> list[list[_Pending]]:
-        """Length-sorted batches within the size, padded-token and padding-share limits.
-
-        A batch is also closed when the next (longer) input would make padding more than
-        ``max_padding`` of its tokens: several tight batches run faster than one padded batch.
-        """
-        batches: list[list[_Pending]] = []
-        current: list[_Pending] = []
-        real = 0
-        for p in sorted(pending, key=lambda p: p.length):
-            padded = (len(current) + 1) * p.length  # p is the longest so far
-            if current and (
-                len(current) >= self.max_batch_size
-                or padded > self.max_batch_tokens
-                or 1.0 - (real + p.length) / padded > self.max_padding
-            ):
-                batches.append(current)
-                current, real = [], 0
-            current.append(p)
-            real += p.length
-        if current:
-            batches.append(current)
-        return batches
+        lengths = [p.length for p in pending]
+        cuts = length_sorted_batches(lengths, self.max_batch_size, self.max_batch_tokens, self.max_padding)
+        return [[pending[i] for i in batch] for batch in cuts]
 
     async def _execute(self, batch: list[_Pending]) -> None:
         batch = [p for p in batch if not p.future.done()]

@@ -12,7 +12,7 @@ import json
 
 from core.errors import RemoteError
 from core.options import add_options, from_namespace
-from service.config import ClientConfig, ServerConfig
+from service.config import ClientConfig, PredictConfig, ServerConfig
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -22,6 +22,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = from_namespace(ServerConfig, args, bundle_dir=args.bundle or args.bundle_dir)
     asyncio.run(serve(config))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import sys
+
+    from service.predict import describe, run
+
+    config = from_namespace(PredictConfig, args)
+    print(describe(run(config)), file=sys.stderr)
     return 0
 
 
@@ -102,6 +112,19 @@ def register(subparsers) -> None:
     serve.add_argument("bundle", nargs="?", default=None, help="bundle directory (or --bundle-dir / PROTOLM_BUNDLE_DIR)")
     add_options(serve, ServerConfig)
     serve.set_defaults(handler=_serve)
+
+    predict = subparsers.add_parser(
+        "predict",
+        help="labels (and with --explain, top words, evidence, exemplars) for a CSV / JSONL / Parquet file, as JSONL or Parquet",
+        description="Runs the bundle here (no server, no torch) or, with --ray, on a Ray cluster through Ray Data. One output "
+        "row per input row, in order; a re-run resumes after the rows OUTPUT already holds. Every option is also a PROTOLM_* "
+        "environment variable.",
+    )
+    predict.add_argument("bundle_dir", metavar="BUNDLE", help="bundle directory written by `protolm export`")
+    predict.add_argument("input", metavar="INPUT", help="CSV, TSV, JSONL (may be .gz) or Parquet file with a text column")
+    predict.add_argument("output", metavar="OUTPUT", help="predictions: .jsonl or .parquet")
+    add_options(predict, PredictConfig, skip=("bundle_dir", "input", "output"))
+    predict.set_defaults(handler=_predict)
 
     bundle = subparsers.add_parser("bundle", help="check serving bundles")
     commands = bundle.add_subparsers(dest="bundle_command", required=True, metavar="COMMAND")

@@ -74,3 +74,55 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+INPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+OUTPUT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+def file_format(path: str, formats: dict[str, str], what: str) -> str:
+    """The format of ``path`` from its extension (a ``.gz`` on CSV, TSV or JSONL is read through gzip)."""
+    from pathlib import PurePath
+
+    suffixes = [s.lower() for s in PurePath(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz" and what == "input":
+        suffixes = suffixes[:-1]
+    if not suffixes or suffixes[-1] not in formats:
+        raise ConfigError(f"{path}: cannot tell the {what} format from the name; use one of {', '.join(formats)}")
+    return formats[suffixes[-1]]
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """`protolm predict`: a file of texts through a bundle, on this machine or a Ray cluster."""
+
+    bundle_dir: str = option("", "serving bundle directory written by `protolm export`")
+    input: str = option("", "CSV, TSV, JSONL or Parquet file to classify (CSV/TSV/JSONL may be gzipped)")
+    output: str = option("", "where the predictions go: .jsonl or .parquet")
+    text_column: str = option("text", "input column holding the text")
+    pair_column: str | None = option(None, "input column holding the second text of a pair model; default: text_pair for pair bundles")
+    id_column: str | None = option(None, "input column copied to each prediction as `id`")
+    explain: bool = option(False, "add each row's top words, evidence (the prototypes that decided the margin) and nearest prototypes with their exemplars")
+    top_words: int = option(5, "with --explain: words kept per row, highest attention first")
+    top_prototypes: int = option(3, "with --explain: prototypes kept per row, and supporting / opposing evidence each way")
+    nearest_examples: int = option(0, "with --explain: nearest training examples per row (0: none)")
+    skip_bad_rows: bool = option(False, "record a bad row (missing, empty or non-text) as an `error` line and go on, instead of stopping at it")
+    overwrite: bool = option(False, "start the output afresh instead of resuming after the rows it already holds")
+    window: int = option(2048, "rows read, tokenised and sorted by length together (a Ray actor's batch)")
+    max_batch_size: int = option(64, "most inputs in one forward pass")
+    max_batch_tokens: int = option(8192, "most padded tokens (batch size x longest input) in one forward pass")
+    max_padding: float = option(0.25, "largest share of a batch's tokens that may be padding; longer inputs start a new batch")
+    device: str = option("auto", "auto (GPU when ONNX Runtime has CUDA), cpu or gpu", choices=("auto", "cpu", "gpu"))
+    variant: str | None = option(None, "bundle variant to run (fp32, optimized, int8, fp16); default: best servable for the device")
+    intra_op_threads: int = option(0, "ONNX Runtime threads inside one operator (0: one per core; on Ray: the actor's CPUs)")
+    progress: bool = option(True, "show progress on stderr")
+    ray: str | None = option(None, "run on Ray through Ray Data: `auto` (the cluster `ray start` made), `local` (start one here) or an address such as ray://head:10001")
+    ray_actors: int = option(0, "Ray actors, each holding one bundle (0: one per --ray-cpus-per-actor CPUs of the cluster)")
+    ray_cpus_per_actor: float = option(1.0, "CPUs each Ray actor reserves (and ONNX Runtime threads it runs)")
+
+    def __post_init__(self) -> None:
+        for name in ("window", "max_batch_size", "max_batch_tokens", "top_words", "top_prototypes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.nearest_examples < 0 or self.ray_actors < 0 or self.ray_cpus_per_actor <= 0:
+            raise ConfigError("--nearest-examples and --ray-actors must be 0 or more, --ray-cpus-per-actor above 0")

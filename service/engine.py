@@ -170,20 +170,9 @@ class Engine:
         )
         return model, encoded, [c.value for c in completed], timing
 
-    @staticmethod
-    def _classification(model: ServingModel, encoded: EncodedInput, outputs: InputOutputs) -> Classification:
-        label_id = int(np.argmax(outputs.probabilities))
-        return Classification(
-            label=model.labels[label_id],
-            label_id=label_id,
-            probabilities={name: float(p) for name, p in zip(model.labels, outputs.probabilities)},
-            truncated=encoded.truncated,
-            num_tokens=encoded.length,
-        )
-
     async def classify(self, inputs: list[TextInput], deadline: float | None = None) -> Served:
         model, encoded, outputs, timing = await self._run(inputs, deadline, "Classify")
-        return Served([self._classification(model, e, o) for e, o in zip(encoded, outputs)], model, timing)
+        return Served([classification(model, e, o) for e, o in zip(encoded, outputs)], model, timing)
 
     def check_explain_options(self, options: ExplainOptions) -> None:
         if options.top_prototypes > self.config.max_top_prototypes:
@@ -205,43 +194,56 @@ class Engine:
                 None, model.examples.search, pooled, options.nearest_examples
             )
         results = [
-            self._explanation(model, e, o, options, n) for e, o, n in zip(encoded, outputs, neighbours)
+            explanation(model, e, o, options, n) for e, o, n in zip(encoded, outputs, neighbours)
         ]
         return Served(results, model, timing)
 
-    def _explanation(self, model: ServingModel, encoded: EncodedInput, outputs: InputOutputs, options: ExplainOptions, neighbours) -> Explanation:
-        if options.words:
-            weights = word_highlights(encoded.segments, encoded.offsets, encoded.sequence_ids, encoded.word_ids, outputs.token_attention)
-        else:
-            weights = token_highlights(encoded.segments, encoded.offsets, encoded.sequence_ids, outputs.token_attention)
-        k = min(options.top_prototypes, len(outputs.similarities))
-        top = np.argsort(-outputs.similarities, kind="stable")[:k]
-        prototypes = [
-            PrototypeMatch(
-                prototype_id=int(p),
-                label=model.labels[int(model.prototype_class[p])],
-                label_id=int(model.prototype_class[p]),
-                similarity=float(outputs.similarities[p]),
-                exemplar=model.exemplars[p] if model.exemplars else None,
-            )
-            for p in top
-        ]
-        nearest = [
-            NearestExample(
-                example_id=row.id,
-                text=row.text,
-                text_pair=row.text_pair,
-                label=model.labels[row.label],
-                distance=distance,
-                split=row.split,
-            )
-            for row, distance in neighbours
-        ]
-        reasons = None
-        if model.last_layer is not None:
-            reasons = evidence(model.last_layer, outputs.similarities, outputs.logits, model.labels, model.prototype_class,
-                               model.exemplars, options.top_prototypes)
-        return Explanation(self._classification(model, encoded, outputs), weights, prototypes, nearest, reasons)
+def classification(model: ServingModel, encoded: EncodedInput, outputs: InputOutputs) -> Classification:
+    """One input's label and probabilities from its forward pass."""
+    label_id = int(np.argmax(outputs.probabilities))
+    return Classification(
+        label=model.labels[label_id],
+        label_id=label_id,
+        probabilities={name: float(p) for name, p in zip(model.labels, outputs.probabilities)},
+        truncated=encoded.truncated,
+        num_tokens=encoded.length,
+    )
+
+
+def explanation(model: ServingModel, encoded: EncodedInput, outputs: InputOutputs, options: ExplainOptions, neighbours) -> Explanation:
+    """One input's explanation from its forward pass and its nearest training examples."""
+    if options.words:
+        weights = word_highlights(encoded.segments, encoded.offsets, encoded.sequence_ids, encoded.word_ids, outputs.token_attention)
+    else:
+        weights = token_highlights(encoded.segments, encoded.offsets, encoded.sequence_ids, outputs.token_attention)
+    k = min(options.top_prototypes, len(outputs.similarities))
+    top = np.argsort(-outputs.similarities, kind="stable")[:k]
+    prototypes = [
+        PrototypeMatch(
+            prototype_id=int(p),
+            label=model.labels[int(model.prototype_class[p])],
+            label_id=int(model.prototype_class[p]),
+            similarity=float(outputs.similarities[p]),
+            exemplar=model.exemplars[p] if model.exemplars else None,
+        )
+        for p in top
+    ]
+    nearest = [
+        NearestExample(
+            example_id=row.id,
+            text=row.text,
+            text_pair=row.text_pair,
+            label=model.labels[row.label],
+            distance=distance,
+            split=row.split,
+        )
+        for row, distance in neighbours
+    ]
+    reasons = None
+    if model.last_layer is not None:
+        reasons = evidence(model.last_layer, outputs.similarities, outputs.logits, model.labels, model.prototype_class,
+                           model.exemplars, options.top_prototypes)
+    return Explanation(classification(model, encoded, outputs), weights, prototypes, nearest, reasons)
 
 
 def deadline_from(time_remaining: float | None) -> float | None:

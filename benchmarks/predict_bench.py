@@ -1,0 +1,103 @@
+"""`protolm predict` on SST-2 sentences: here, through local Ray, and the server at 32 callers.
+
+    python benchmarks/predict_bench.py BUNDLE_DIR [--rows 20000] [--server-seconds 30]
+
+1. the first ROWS sentences of the SST-2 training split (``$PROTOLM_DATA_DIR/sst2``) as JSONL;
+2. ``protolm predict BUNDLE in.jsonl out.jsonl`` (its own process): wall time, rows/s;
+3. the same with ``--ray local`` (a Ray instance started by the command, one actor per CPU),
+   wall time including Ray's start, rows/s; and whether every row got the same label;
+4. ``protolm serve`` on the same bundle under 32 callers, one sentence per Classify call
+   (``benchmarks/load_test.py``'s load loop), for ``--server-seconds``: rows/s.
+Prints a table and writes it as JSON; the 1-minute load average is recorded before each phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from load_test import free_port, load, start, stop  # noqa: E402
+
+
+def sst2_input(path: Path, rows: int) -> list[str]:
+    data = Path(os.environ.get("PROTOLM_DATA_DIR", REPO.parent / "shared" / "datasets")) / "sst2" / "train.jsonl.gz"
+    texts = []
+    with gzip.open(data, "rt", encoding="utf-8") as source, open(path, "w", encoding="utf-8") as target:
+        for line in source:
+            record = json.loads(line)
+            texts.append(record["text"])
+            target.write(json.dumps({"text": record["text"], "idx": record["idx"]}) + "\n")
+            if len(texts) == rows:
+                break
+    return texts
+
+
+def timed_predict(bundle: str, source: Path, output: Path, extra: list[str]) -> dict:
+    load_average = os.getloadavg()[0]
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "cli.main", "predict", bundle, str(source), str(output), "--overwrite", "--progress", "false", *extra]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    with open(output) as handle:
+        labels = [json.loads(line)["label"] for line in handle]
+    return {"seconds": seconds, "rows": len(labels), "rows_per_second": len(labels) / seconds, "load_average": load_average, "labels": labels}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle_dir")
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--server-seconds", type=float, default=30.0)
+    parser.add_argument("--work", default="runs/predict-bench")
+    parser.add_argument("--skip", default="", help="comma-separated phases to leave out: local, ray, server")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    source = work / "sst2-train.jsonl"
+    texts = sst2_input(source, args.rows)
+    report: dict = {"bundle": args.bundle_dir, "rows": len(texts), "cpus": os.cpu_count()}
+    if "local" not in skip:
+        report["local"] = timed_predict(args.bundle_dir, source, work / "local.jsonl", [])
+        print(f"local: {report['local']['rows']:,} rows in {report['local']['seconds']:.1f} s = {report['local']['rows_per_second']:.1f} rows/s (load {report['local']['load_average']:.1f})", flush=True)
+    if "ray" not in skip:
+        report["ray"] = timed_predict(args.bundle_dir, source, work / "ray.jsonl", ["--ray", "local"])
+        print(f"ray:   {report['ray']['rows']:,} rows in {report['ray']['seconds']:.1f} s = {report['ray']['rows_per_second']:.1f} rows/s (load {report['ray']['load_average']:.1f})", flush=True)
+    if "local" in report and "ray" in report:
+        a, b = report["local"]["labels"], report["ray"]["labels"]
+        report["same_labels"] = sum(x == y for x, y in zip(a, b))
+        print(f"same label on {report['same_labels']:,} of {len(a):,} rows (identical files: {(work / 'local.jsonl').read_bytes() == (work / 'ray.jsonl').read_bytes()})")
+    if "server" not in skip:
+        port = free_port()
+        env = {"PROTOLM_PORT": str(port), "PROTOLM_HOST": "127.0.0.1", "PROTOLM_METRICS_PORT": "-1", "PROTOLM_LOG_LEVEL": "WARNING"}
+        process = start([sys.executable, "-m", "cli.main", "serve", args.bundle_dir], env, port)
+        try:
+            asyncio.run(load(port, "Classify", texts, 8, 2.0))  # warm-up
+            load_average = os.getloadavg()[0]
+            row = asyncio.run(load(port, "Classify", texts, 32, args.server_seconds))
+        finally:
+            stop(process)
+        row["load_average"] = load_average
+        report["server_32_callers"] = row
+        print(f"server, 32 callers: {row['throughput']:.1f} rows/s (p50 {row['p50_ms']:.0f} ms, errors {row['errors']}, load {load_average:.1f})")
+    for phase in ("local", "ray"):
+        if phase in report:
+            report[phase].pop("labels")
+    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {work / 'report.json'}")
+
+
+if __name__ == "__main__":
+    main()
