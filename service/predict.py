@@ -78,7 +78,8 @@ class InputFile:
     def __init__(self, path: str, text_column: str, pair_column: str | None, id_column: str | None):
         self.path = path
         self.format = file_format(path, INPUT_FORMATS, "input")
-        if not os.path.isfile(path):
+        self.local = "://" not in path  # Ray Data also reads s3://, gs://, hdfs://... paths
+        if self.local and not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
         self.text_column = text_column
         self.pair_column = pair_column
@@ -100,7 +101,9 @@ class InputFile:
             raise DataError(f"{self.path}: no column {missing[0]!r}; it has {', '.join(map(repr, present)) or 'none'} (see --text-column, --pair-column, --id-column)")
 
     def count(self) -> int | None:
-        """Rows in the file when that is cheap to know (Parquet, JSONL), else None."""
+        """Rows in the file when that is cheap to know (a local Parquet or JSONL file), else None."""
+        if not self.local:
+            return None
         if self.format == "parquet":
             import pyarrow.parquet as pq
 
@@ -112,6 +115,8 @@ class InputFile:
 
     def rows(self, start: int = 0) -> Iterator[Row]:
         """Rows after the first ``start``."""
+        if not self.local:
+            raise ConfigError(f"{self.path}: only --ray reads a remote file; here, copy it to this machine first")
         reader = {"csv": self._delimited, "tsv": self._delimited, "jsonl": self._jsonl, "parquet": self._parquet}[self.format]
         yield from reader(start)
 

@@ -81,8 +81,9 @@ def ray_records(config: PredictConfig, source: InputFile, start: int) -> Iterato
     import ray
     import ray.data
 
-    for _ in source.rows():  # a missing column is named here, before any actor starts
-        break
+    if source.local:
+        for _ in source.rows():  # a missing column is named here, before any actor starts
+            break
     started = connect(config.ray)
     try:
         context = ray.data.DataContext.get_current()

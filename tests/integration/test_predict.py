@@ -181,3 +181,34 @@ def test_ray_data_gives_the_local_records(tiny_bundle, tmp_path):
         assert through_jsonl.read_text() == local.read_text()
     finally:
         ray.shutdown()
+
+
+NO_TORCH = r"""
+import importlib.abc, sys
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            raise ImportError(f"{name} is not installed on a serving machine")
+
+sys.meta_path.insert(0, NoTorch())
+from cli.main import main
+
+code = main(["predict", *sys.argv[1:], "--progress", "false", "--explain", "true"])
+assert code == 0, code
+print("loaded:", ",".join(sorted(m for m in ("torch", "transformers") if m in sys.modules)) or "none")
+"""
+
+
+def test_predict_runs_without_torch(tiny_bundle, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    source = write_jsonl(tmp_path / "in.jsonl", TEXTS[:10])
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", NO_TORCH, str(tiny_bundle), str(source), str(tmp_path / "out.parquet")],
+                            capture_output=True, text=True, cwd=repo, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "loaded: none"
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == 10
