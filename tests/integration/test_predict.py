@@ -212,3 +212,16 @@ def test_predict_runs_without_torch(tiny_bundle, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "loaded: none"
     assert pq.read_table(tmp_path / "out.parquet").num_rows == 10
+
+
+def test_predict_options_are_flags_and_variables(monkeypatch):
+    from cli.main import build_parser
+    from core.options import from_namespace
+
+    monkeypatch.setenv("PROTOLM_RAY", "auto")
+    monkeypatch.setenv("PROTOLM_PREDICT_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("PROTOLM_OVERWRITE", "true")  # export's: predict keeps resuming
+    args = build_parser().parse_args(["predict", "b", "in.csv", "out.parquet", "--explain", "--ray-actors", "3"])
+    config = from_namespace(PredictConfig, args)
+    assert (config.bundle_dir, config.input, config.output) == ("b", "in.csv", "out.parquet")
+    assert (config.ray, config.ray_actors, config.max_batch_size, config.explain, config.overwrite) == ("auto", 3, 16, True, False)
