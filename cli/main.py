@@ -41,6 +41,7 @@ def _installed(module_name: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protolm", description="Interpretable text classification with prototypes.")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ERROR)")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback instead of one line")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name, needs in COMMAND_MODULES:
         if all(_installed(name) for name in needs):
@@ -62,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except ProtoLMError as exc:
+        if args.debug:
+            raise
         print(f"protolm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

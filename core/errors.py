@@ -9,6 +9,8 @@ INTERNAL. Standard library only, so every side can import it.
 class ProtoLMError(Exception):
     """Base class: every error the project raises on purpose."""
 
+    exit_code = 2  # the CLI's exit status for it (README, "Exit codes")
+
 
 class ConfigError(ProtoLMError):
     """An option or combination of options that cannot work."""
@@ -20,6 +22,8 @@ class DataError(ProtoLMError):
 
 class BundleError(ProtoLMError):
     """A serving bundle that is missing, corrupt or of an unsupported format version."""
+
+    exit_code = 3
 
 
 class InvalidInputError(ProtoLMError):
@@ -46,6 +50,26 @@ class UnauthenticatedError(ProtoLMError):
     """A missing or wrong bearer token."""
 
 
+# A failed call's exit status by its gRPC status code; any other code (INTERNAL, ...) is 8.
+REMOTE_EXIT_CODES = {
+    "UNAVAILABLE": 4,  # no server there, or it is starting or draining
+    "INVALID_ARGUMENT": 5,  # the server refused the request as sent
+    "NOT_FOUND": 5,
+    "RESOURCE_EXHAUSTED": 6,  # overloaded or too slow: try again later
+    "DEADLINE_EXCEEDED": 6,
+    "UNAUTHENTICATED": 7,
+    "PERMISSION_DENIED": 7,
+}
+
+
 class RemoteError(ProtoLMError):
     """A call the client made to a protolm server failed (client side only: the server
     never raises it); the message names the server, the status code and its details."""
+
+    def __init__(self, message: str, code: str = "UNKNOWN"):
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def exit_code(self) -> int:
+        return REMOTE_EXIT_CODES.get(self.code, 8)

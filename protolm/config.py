@@ -71,4 +71,4 @@ class EvalConfig:
     batch_size: int = option(128, "evaluation batch size")
     faithfulness: bool = option(True, "also measure comprehensiveness and sufficiency (about 20 extra passes)")
     seed: int = option(0, "seed of the random ranking and of --max-eval-samples")
-    faithfulness_samples: int | None = option(None, "measure faithfulness on a seeded subset of this many evaluation examples (default: all)")
+    faithfulness_samples: int | None = option(200, "measure faithfulness on a seeded subset of this many evaluation examples ('none': all of them)")

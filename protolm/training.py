@@ -23,6 +23,7 @@ from protolm.training_record import DataSummary, TrainingRecord
 from protolm.model import ARCHITECTURES, EncoderClassifier, ModelConfig, ProtoLM, prototypes_per_class
 
 log = logging.getLogger(__name__)
+MIN_VALIDATION_EXAMPLES = 50
 
 
 def data_source(config: DataConfig) -> DataSource:
@@ -131,6 +132,49 @@ def init_prototypes_from_data(model: ProtoLM, train: TextClassificationData, see
         model.prototypes.vectors.copy_(torch.from_numpy(pooled))
 
 
+def _tidy_progress():
+    """A Trainer callback: one labelled bar for training (the loss on it) and one for each
+    validation pass, a one-line validation result per epoch, the raw log dicts at DEBUG."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class TidyProgress(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
+            if self.training_bar is not None:
+                self.training_bar.set_description("training")
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            fresh = self.prediction_bar is None
+            super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+            if fresh and self.prediction_bar is not None:
+                self.prediction_bar.set_description("validating")
+                self.prediction_bar.leave = False
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            log.debug("trainer: %s", logs)
+            if self.training_bar is not None and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+            if "eval_accuracy" in logs:
+                log.info("epoch %g: validation accuracy %.4f", float(logs.get("epoch", 0)), float(logs["eval_accuracy"]))
+
+    return TidyProgress()
+
+
+def warn_if_too_small(train: TextClassificationData, validation: TextClassificationData, num_prototypes: int | None) -> list[str]:
+    """Warnings (not errors) for data too small for the configuration; returns them."""
+    warnings = []
+    if num_prototypes is not None and len(train) < num_prototypes:
+        warnings.append(f"{len(train)} training examples for {num_prototypes} prototypes: prototypes will share exemplars; "
+                        f"lower --num-prototypes or add data")
+    if len(validation) < MIN_VALIDATION_EXAMPLES:
+        warnings.append(f"a validation set of {len(validation)} examples (under {MIN_VALIDATION_EXAMPLES}): its accuracy, "
+                        f"and the choice of the best epoch, say little")
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
+
+
 def _trainer_class():
     from transformers import Trainer
 
@@ -196,6 +240,7 @@ def train_model(
     set_seed(optim.seed)
     max_length = options.max_length or default_max_length(data_source(data_config))
     model = build_model(options, train, max_length)
+    warn_if_too_small(train, validation, model.config.num_prototypes if isinstance(model, ProtoLM) else None)
     if isinstance(model, ProtoLM) and options.prototype_init == "data":
         init_prototypes_from_data(model, train, optim.seed, optim.eval_batch_size)
 
@@ -245,6 +290,11 @@ def train_model(
         objective_spec=spec,
         head_learning_rate=optim.head_learning_rate,
     )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for noisy in (PrinterCallback, ProgressCallback):  # they print the raw log dicts
+        trainer.remove_callback(noisy)
+    trainer.add_callback(_tidy_progress())
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started

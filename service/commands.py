@@ -61,8 +61,11 @@ def _client(config: ClientConfig, target: str | None = None):
         with ProtoLMClient(address, token=config.token, tls_ca=config.tls_ca, timeout=config.timeout) as client:
             yield client
     except grpc.RpcError as error:
+        code = error.code().name
         first_line = (error.details() or "").partition("\n")[0]
-        raise RemoteError(f"{address}: {error.code().name}: {first_line}") from None
+        if code == "UNAVAILABLE" and "failed to connect" in first_line:  # nothing listens there
+            raise RemoteError(f"UNAVAILABLE: no server at {address} (is `protolm serve` running?)", code) from None
+        raise RemoteError(f"{address}: {code}: {first_line}", code) from None
     except OSError as error:  # an unreadable --tls-ca
         raise RemoteError(f"{address}: {error}") from None
 

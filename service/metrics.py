@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from core.errors import ConfigError
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024
 BATCH_TOKEN_BUCKETS = tuple(float(2**i) for i in range(4, 17))  # 16 .. 65536
@@ -49,10 +51,13 @@ class Metrics:
     def serve(self, host: str, port: int, certfile: str | None = None, keyfile: str | None = None, client_cafile: str | None = None) -> int:
         """Starts the /metrics HTTP server (HTTPS with a certificate; client certificates
         required with a client CA, as on the gRPC port); returns the port it got."""
-        server, _ = start_http_server(
-            port, addr=host.strip("[]"), registry=self.registry, certfile=certfile, keyfile=keyfile,
-            client_cafile=client_cafile, client_auth_required=client_cafile is not None,
-        )
+        try:
+            server, _ = start_http_server(
+                port, addr=host.strip("[]"), registry=self.registry, certfile=certfile, keyfile=keyfile,
+                client_cafile=client_cafile, client_auth_required=client_cafile is not None,
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} (--metrics-port -1 turns them off)") from None
         self._http_server = server
         return server.server_port
 

@@ -96,7 +96,9 @@ class ProtoLMServer:
         """Listen (NOT_SERVING), load and warm the model, then report SERVING."""
         # gRPC's own limit sits above ours, so an oversized call gets our counted answer
         server = grpc.aio.server(
-            interceptors=[self.interceptor], options=[("grpc.max_receive_message_length", 2 * self.config.max_request_bytes)]
+            interceptors=[self.interceptor],
+            # no SO_REUSEPORT: a second server on a taken port must fail, not share its calls
+            options=[("grpc.max_receive_message_length", 2 * self.config.max_request_bytes), ("grpc.so_reuseport", 0)],
         )
         pb_grpc.add_ProtoLMServiceServicer_to_server(ProtoLMServicer(self.engine), server)
         oip_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.engine, ready=lambda: self.serving), server)
@@ -108,14 +110,8 @@ class ProtoLMServer:
         if self.config.reflection:
             reflection.enable_server_reflection(names, server)
         address = f"{self.config.host}:{self.config.port}"
-        credentials = server_credentials(self.config)
-        self.port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-        if self.port == 0:
-            raise ConfigError(f"cannot listen on {address}")
-        await self._set_health(False)
-        await server.start()
-        self._server = server
-        if self.config.metrics_port >= 0:
+        self.port = self._bind(server, address)
+        if self.config.metrics_port >= 0:  # before the gRPC server runs: a taken port stops nothing started
             self.metrics_port = self.metrics.serve(
                 self.config.metrics_host or self.config.host,
                 self.config.metrics_port,
@@ -123,10 +119,26 @@ class ProtoLMServer:
                 keyfile=self.config.tls_key,
                 client_cafile=self.config.tls_client_ca,
             )
-        log.info("listening on %s (port %d), metrics on port %s", address, self.port, self.metrics_port)
+        await self._set_health(False)
+        await server.start()
+        self._server = server
+        log.debug("bound %s (port %d), NOT_SERVING while the model loads", address, self.port)
         await self.engine.activate(lambda: self.load_model(self.bundle_dir, self.config))
+        metrics = f"metrics on port {self.metrics_port}" if self.metrics_port is not None else "no metrics endpoint"
+        log.info("listening on %s (port %d), %s", address, self.port, metrics)
         await self._set_health(True)
         log.info("SERVING")
+
+    def _bind(self, server: grpc.aio.Server, address: str) -> int:
+        """The port bound; a taken port or an address that is not this machine's is a one-line error."""
+        credentials = server_credentials(self.config)
+        try:
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises on a failed bind (older releases returned 0)
+            port = 0
+        if port == 0:
+            raise ConfigError(f"cannot listen on {address}: the port is taken (another protolm serve?) or the address is not this machine's")
+        return port
 
     def _reload_target(self, bundle_dir: str | None) -> str:
         """The bundle a Reload asks for, which must lie under the bundle root; the answer

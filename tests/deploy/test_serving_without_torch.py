@@ -48,7 +48,7 @@ def test_serving_image_commands_start_without_torch(tmp_path, command):
 def test_serve_without_torch_gets_as_far_as_the_bundle(tmp_path):
     result = run_without_torch(tmp_path, "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1", str(tmp_path / "no-bundle"))
     assert "No module named" not in result.stderr, result.stderr[-3000:]
-    assert result.returncode == 2 and "no such bundle directory" in result.stderr
+    assert result.returncode == 3 and "no such bundle directory" in result.stderr
 
 
 def test_training_commands_are_left_out_without_torch(tmp_path):

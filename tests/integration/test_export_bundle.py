@@ -125,7 +125,7 @@ def test_one_flipped_byte_is_rejected_naming_the_file(bundle_copy, name, capsys)
     flip_byte(bundle_copy / name)
     with pytest.raises(BundleError, match=f"^{name}: sha256 mismatch"):
         Bundle.load(bundle_copy)
-    assert main(["bundle", "verify", str(bundle_copy)]) == 2
+    assert main(["bundle", "verify", str(bundle_copy)]) == 3
     assert f"error: {name}: sha256 mismatch" in capsys.readouterr().err
 
 
@@ -220,7 +220,7 @@ def test_verify_fails_when_a_prototype_is_not_its_exemplar(bundle_copy, capsys):
     index.add(vectors)
     faiss.write_index(index, str(bundle_copy / PROTOTYPE_INDEX_FILE))
     reseal(bundle_copy, lambda m: m["files"].update({PROTOTYPE_INDEX_FILE: file_entry(bundle_copy / PROTOTYPE_INDEX_FILE)}))
-    assert main(["bundle", "verify", str(bundle_copy)]) == 2
+    assert main(["bundle", "verify", str(bundle_copy)]) == 3
     assert f"error: {EXEMPLARS_FILE}: prototype 2 is at distance" in capsys.readouterr().err
 
 
@@ -250,7 +250,7 @@ def test_without_push_the_bundle_records_each_prototypes_distance(tiny_encoder_d
     payload["exemplars"][4]["distance"] += 0.01
     path.write_text(json.dumps(payload))
     reseal(tmp_path / "bundle", lambda m: m["files"].update({EXEMPLARS_FILE: file_entry(path)}))
-    assert main(["bundle", "verify", str(tmp_path / "bundle")]) == 2
+    assert main(["bundle", "verify", str(tmp_path / "bundle")]) == 3
     assert f"error: {EXEMPLARS_FILE}: prototype 4 is at distance" in capsys.readouterr().err
 
 

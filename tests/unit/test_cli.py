@@ -33,6 +33,15 @@ def test_client_commands_answer_a_missing_server_or_a_bad_request_in_one_line(ca
     target = f"127.0.0.1:{port}"
     for argv in (["classify", "--server", target, "--timeout", "2", "a film"], ["health", "--server", target, "--timeout", "2"],
                  ["explain", target, "a film", "--timeout", "2"]):
-        assert main(argv) == 2
+        assert main(argv) == 4  # exit code: no server
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"protolm {argv[0]}: error: {target}: UNAVAILABLE"), err
+        assert err == [f"protolm {argv[0]}: error: UNAVAILABLE: no server at {target} (is `protolm serve` running?)"]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    import pytest
+
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no such model directory"):
+        main(["--debug", "explain", str(tmp_path / "nosuch"), "a fine film"])

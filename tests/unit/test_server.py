@@ -349,15 +349,52 @@ def test_tls_needs_both_certificate_and_key():
 async def test_cli_classify_and_explain_through_a_running_server(capsys):
     from cli.main import main
 
+    async with running_server(server_config(auth_token="secret"), lambda path, cfg: fake_model(cfg)) as server:
+        target = f"127.0.0.1:{server.port}"
+        assert await asyncio.to_thread(main, ["classify", "--server", target, "a film"]) == 7  # exit code: authentication
+        assert capsys.readouterr().err.strip().splitlines() == [f"protolm classify: error: {target}: UNAUTHENTICATED: missing or invalid bearer token"]
+
     async with running_server(server_config(), lambda path, cfg: fake_model(cfg)) as server:
         target = f"127.0.0.1:{server.port}"
         assert await asyncio.to_thread(main, ["classify", "--server", target, "a fine film", "a dull one"]) == 0
         out = capsys.readouterr().out.splitlines()
         assert len(out) == 2 and out[0].endswith("a fine film")
-        assert await asyncio.to_thread(main, ["classify", "--server", target, ""]) == 2
+        assert await asyncio.to_thread(main, ["classify", "--server", target, ""]) == 5  # exit code: refused as invalid
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"protolm classify: error: {target}: INVALID_ARGUMENT: inputs[0].text has no readable text (empty, blank or invisible characters only)"]
         assert await asyncio.to_thread(main, ["explain", target, "a fine film", "--colour", "never", "--top-prototypes", "2"]) == 0
         out = capsys.readouterr().out
         assert out.startswith("prediction: ") and out.count("exemplar: [exemplar]") == 2
+        assert await asyncio.to_thread(main, ["explain", target, "a fine film", "--top-prototypes", "999"]) == 5
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"protolm explain: error: {target}: INVALID_ARGUMENT: ") and "top_prototypes" in line
         assert await asyncio.to_thread(main, ["health", "--server", target]) == 0
+
+
+async def test_a_taken_port_stops_a_second_server_naming_the_address(caplog):
+    """gRPC would share a port between two servers (SO_REUSEPORT); protolm refuses, for the
+    gRPC port and the metrics port alike, and logs "listening" only once the model is loaded."""
+    from core.errors import ConfigError
+    from service.server import ProtoLMServer
+
+    caplog.set_level("INFO", logger="service.server")
+    async with running_server(server_config(), lambda path, cfg: fake_model(cfg)) as first:
+        assert [r.message for r in caplog.records if "listening" in r.message] == [
+            f"listening on 127.0.0.1:0 (port {first.port}), metrics on port {first.metrics_port}"
+        ]
+        loads = []
+        second = ProtoLMServer(server_config(port=first.port, metrics_port=-1), load_model=lambda path, cfg: loads.append(path))
+        with pytest.raises(ConfigError, match=f"^cannot listen on 127.0.0.1:{first.port}: the port is taken"):
+            await second.start()
+        third = ProtoLMServer(server_config(metrics_port=first.metrics_port), load_model=lambda path, cfg: loads.append(path))
+        with pytest.raises(ConfigError, match=f"^cannot serve metrics on 127.0.0.1:{first.metrics_port}: "):
+            await third.start()
+        await third.stop(grace=0)
+        assert loads == []  # neither got as far as loading the model
+
+
+async def test_no_metrics_endpoint_is_said_so(caplog):
+    caplog.set_level("INFO", logger="service.server")
+    async with running_server(server_config(metrics_port=-1), lambda path, cfg: fake_model(cfg)) as server:
+        assert server.metrics_port is None
+        assert f"listening on 127.0.0.1:0 (port {server.port}), no metrics endpoint" in caplog.messages

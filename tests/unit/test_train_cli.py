@@ -56,9 +56,25 @@ def test_baseline_and_push(csv_files, tiny_encoder_dir, tmp_path, capsys):
               "--label-column", "sentiment", "--encoder", str(tiny_encoder_dir), "--epochs", "1", "--faithfulness", "false"]
     assert main(["train", *common, "--architecture", "baseline", "--output-dir", str(tmp_path / "b")]) == 0
     assert not (tmp_path / "b" / "exemplars.json").exists()
-    assert main(["train", *common, "--num-prototypes", "4", "--push", "--output-dir", str(tmp_path / "p")]) == 0
+    assert main(["train", *common, "--num-prototypes", "4", "--output-dir", str(tmp_path / "p")]) == 0  # push: the default
     projection = json.loads((tmp_path / "p" / "training.json").read_text())["projection"]
     assert set(projection) == {"accuracy_before_push", "accuracy_after_push"}
+    assert main(["train", *common, "--num-prototypes", "4", "--push", "false", "--output-dir", str(tmp_path / "n")]) == 0
+    assert not json.loads((tmp_path / "n" / "training.json").read_text())["projection"]
+
+
+def test_data_too_small_for_the_configuration_warns_and_trains_quietly(tiny_encoder_dir, tmp_path, capsys, caplog):
+    rows = [{"text": t, "label": "pos"} for t in POSITIVE[:3]] + [{"text": t, "label": "neg"} for t in NEGATIVE[:3]]
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame(rows[:1] + rows[-1:]).to_csv(tmp_path / "validation.csv", index=False)
+    caplog.set_level("WARNING", logger="protolm")
+    assert main(["train", "--train-file", str(tmp_path / "train.csv"), "--validation-file", str(tmp_path / "validation.csv"),
+                 "--encoder", str(tiny_encoder_dir), "--epochs", "1", "--faithfulness", "false", "--output-dir", str(tmp_path / "m")]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(w.startswith("6 training examples for 200 prototypes") for w in warnings), warnings
+    assert any(w.startswith("a validation set of 2 examples (under 50)") for w in warnings), warnings
+    captured = capsys.readouterr()
+    assert "{'loss'" not in captured.out + captured.err and "'eval_accuracy'" not in captured.out + captured.err
 
 
 def test_data_errors_are_reported_cleanly(csv_files, tiny_encoder_dir, capsys):
