@@ -26,7 +26,7 @@ def _train(args: argparse.Namespace) -> int:
     print()
     print(report.render())
     print(f"\nmodel saved to {output_dir}")
-    if model.config.architecture == "protolm" and not model.config.is_pair:
+    if args.explain_text and model.config.architecture == "protolm" and not model.config.is_pair:
         print("\nexample explanation:")
         print(render_explanations(model, [args.explain_text], None, load_exemplars(output_dir), DEFAULT_TOP_PROTOTYPES, sys.stdout.isatty()))
         print()
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     add_options(train, ModelOptions)
     add_options(train, OptimConfig)
     add_options(train, EvalConfig, skip=("split", "batch_size", "seed"))
-    train.add_argument("--explain-text", default=DEMO_SENTENCE, help="sentence explained after training")
+    train.add_argument("--explain-text", default=DEMO_SENTENCE, help="sentence explained after training ('' for none)")
     train.set_defaults(handler=_train)
 
     evaluate = subparsers.add_parser(

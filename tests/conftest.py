@@ -69,8 +69,16 @@ def make_model(tiny_encoder_dir):
     return build
 
 
+def announce(request, message: str) -> None:
+    """A line on the terminal, through pytest's output capture: a long fixture says what it does."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_line(message)
+
+
 @pytest.fixture(scope="session")
-def trained_sst2_model(shared_data_dir, tmp_path_factory):
+def trained_sst2_model(shared_data_dir, tmp_path_factory, request):
     """The issue's acceptance run, trained once per test session and shared by the slow tests:
     proto-lm on 2,000 SST-2 training examples, 1 epoch, packaged MiniLM, default settings.
 
@@ -78,6 +86,7 @@ def trained_sst2_model(shared_data_dir, tmp_path_factory):
     from protolm.config import DataConfig, EvalConfig, ModelOptions, OptimConfig, TrainConfig
     from protolm.pipeline import run_training
 
+    announce(request, "trained_sst2_model: training proto-lm on 2,000 SST-2 sentences, 1 epoch, for the slow tests (about 3 min on 2 cores)")
     output_dir = tmp_path_factory.mktemp("protolm-sst2")
     config = TrainConfig(
         data=DataConfig(task="sst2", data_dir=str(shared_data_dir), max_train_samples=2000),
@@ -138,11 +147,12 @@ def tiny_bundle(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def exported_sst2_bundle(trained_sst2_model, tmp_path_factory) -> Path:
+def exported_sst2_bundle(trained_sst2_model, tmp_path_factory, request) -> Path:
     """`trained_sst2_model` exported once per session with every variant (a minute on a CPU)."""
     from export.config import ExportConfig
     from export.pipeline import run_export
 
+    announce(request, "exported_sst2_bundle: exporting that model with every variant (about 1 min)")
     model_dir, _ = trained_sst2_model
     return run_export(model_dir, tmp_path_factory.mktemp("protolm-sst2-bundle") / "bundle", ExportConfig(progress=False))
 
