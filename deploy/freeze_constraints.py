@@ -1,5 +1,5 @@
 """Rewrites deploy/constraints.txt from the installed distributions that
-protolm[train,export,serve] needs, at the versions installed in the running interpreter.
+protolm[train,export,serve,tracing] needs, at the versions installed in the running interpreter.
 
     .venv/bin/python deploy/freeze_constraints.py      # after `make install` and a green `make test`
 
@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 HERE = Path(__file__).resolve().parent
-EXTRAS = ("train", "export", "serve")
+EXTRAS = ("train", "export", "serve", "tracing")
 LEFT_OUT = {"protolm", "torch"}
 
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs protolm's serving environment into a new virtual environment: protolm itself and
-# the `serve` extra of pyproject.toml (no torch, no transformers), every version pinned by
+# the `serve` and `tracing` extras of pyproject.toml (no torch, no transformers), every version pinned by
 # deploy/constraints.txt. deploy/Dockerfile runs this for both serving images; run it outside
 # Docker to check the install an image gets (deploy/README.md, "What was exercised here").
 #

@@ -1,4 +1,5 @@
-"""Prints the `serve` extra of pyproject.toml as pip requirement lines, one a line.
+"""Prints the serving image's extras of pyproject.toml (`serve`, and `tracing` for
+`protolm serve --tracing`) as pip requirement lines, one a line.
 
     python3 serve_requirements.py PYPROJECT [cpu|gpu]
 
@@ -16,6 +17,7 @@ import re
 import sys
 import tomllib
 
+IMAGE_EXTRAS = ("serve", "tracing")
 CPU_TO_GPU = {"onnxruntime": ("onnxruntime-gpu", "ONNXRUNTIME_GPU_VERSION"), "faiss-cpu": ("faiss-gpu-cu12", "FAISS_GPU_VERSION")}
 
 
@@ -25,7 +27,8 @@ def requirement_name(line: str) -> str:
 
 def serve_requirements(pyproject: dict, flavour: str = "cpu", environ: dict | None = None) -> list[str]:
     environ = os.environ if environ is None else environ
-    lines = list(pyproject["project"]["dependencies"]) + list(pyproject["project"]["optional-dependencies"]["serve"])
+    extras = pyproject["project"]["optional-dependencies"]
+    lines = list(pyproject["project"]["dependencies"]) + [line for extra in IMAGE_EXTRAS for line in extras[extra]]
     if flavour == "cpu":
         return lines
     if flavour != "gpu":

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from core.errors import DeadlineExceededError, InvalidInputError, NotReadyError, OverloadedError
+from service import tracing
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class _Pending:
     future: asyncio.Future
     deadline: float | None
     enqueued: float = field(default_factory=time.monotonic)
+    call: tracing.CallTrace = field(default_factory=tracing.current_call)  # made in submit, so: the submitting call's
 
 
 def length_sorted_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int, max_padding: float = 1.0) -> list[list[int]]:
@@ -225,6 +227,8 @@ class DynamicBatcher(Generic[Item, Result]):
         if not batch:
             return
         started = time.monotonic()
+        padded_tokens = len(batch) * max(p.length for p in batch)
+        trace = tracing.batch_started([p.call for p in batch], len(batch), padded_tokens)  # a no-op unless a caller is traced
         self._running_batches += 1
         try:
             results = await asyncio.get_running_loop().run_in_executor(
@@ -234,12 +238,14 @@ class DynamicBatcher(Generic[Item, Result]):
                 raise RuntimeError(f"model returned {len(results)} results for a batch of {len(batch)}")
         except Exception as exc:  # every caller of the batch must learn of the failure
             log.exception("batch of %d failed", len(batch))
+            trace.end(exc)
             self._fail(batch, exc)
             return
         finally:
             self._running_batches -= 1
         finished = time.monotonic()
-        stats = BatchStats(len(batch), len(batch) * max(p.length for p in batch), finished - started)
+        trace.end()
+        stats = BatchStats(len(batch), padded_tokens, finished - started)
         self._on_batch(stats)
         for p, result in zip(batch, results):
             if not p.future.done():

@@ -39,6 +39,7 @@ class ServerConfig:
     bundle_root: str | None = option(None, "Reload(bundle_dir) loads only bundles under this directory; default: the parent of --bundle-dir")
     max_request_bytes: int = option(4 << 20, "largest request accepted, in bytes (RESOURCE_EXHAUSTED beyond)")
     reflection: bool = option(True, "enable gRPC server reflection (grpcurl works without the proto)")
+    tracing: bool = option(False, "OpenTelemetry spans of every call (needs protolm[tracing]); exporter, endpoint, sampler and service name come from the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, OTEL_SERVICE_NAME...)")
 
     def __post_init__(self) -> None:
         if self.admin_without_token and not is_loopback(self.host):

@@ -23,6 +23,7 @@ from core.errors import InvalidInputError, NotReadyError
 from core.explanation import DEFAULT_TOP_PROTOTYPES, Classification, Explanation, NearestExample, PrototypeMatch, evidence
 from core.highlights import token_highlights, word_highlights
 from core.similarity import Metric
+from service import tracing
 from service.backend import Backend, InputOutputs
 from service.batcher import Completed, DynamicBatcher
 from service.config import ServerConfig
@@ -147,15 +148,19 @@ class Engine:
         return self.model
 
     async def _run(self, inputs: list[TextInput], deadline: float | None, method: str):
+        call = tracing.current_call()
+        call.set_inputs(len(inputs))
         while True:
             model = self.current_model()
             model.preprocessor.validate(inputs)
             model.batcher.check_capacity(len(inputs))  # overload is refused before any tokenising
-            encoded = await asyncio.get_running_loop().run_in_executor(self._tokenizer_executor, model.preprocessor.encode, inputs)
+            with call.span("tokenize"):
+                encoded = await asyncio.get_running_loop().run_in_executor(self._tokenizer_executor, model.preprocessor.encode, inputs)
             if self.model is model:
                 break
             # a reload swapped the model while this request was tokenised: the old batcher
             # takes no more work, and the new model may tokenise differently
+        call.queued()
         completed: list[Completed[InputOutputs]] = await model.batcher.submit(encoded, [e.length for e in encoded], deadline)
         self.metrics.inputs.labels(method=method).inc(len(encoded))
         truncated = sum(e.truncated for e in encoded)
@@ -190,9 +195,10 @@ class Engine:
         neighbours: list[list[tuple[ExampleRow, float]]] = [[] for _ in encoded]
         if options.nearest_examples and model.examples is not None:
             pooled = np.stack([o.pooled for o in outputs])
-            neighbours = await asyncio.get_running_loop().run_in_executor(
-                None, model.examples.search, pooled, options.nearest_examples
-            )
+            with tracing.current_call().span("exemplar_lookup"):
+                neighbours = await asyncio.get_running_loop().run_in_executor(
+                    None, model.examples.search, pooled, options.nearest_examples
+                )
         results = [
             explanation(model, e, o, options, n) for e, o, n in zip(encoded, outputs, neighbours)
         ]

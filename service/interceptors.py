@@ -28,6 +28,7 @@ import grpc
 from core.errors import InvalidInputError, NotReadyError, OverloadedError, UnauthenticatedError
 from service.errors import status_for
 from service.metrics import Metrics
+from service.tracing import NO_CALL, Tracer
 
 log = logging.getLogger(__name__)
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -75,8 +76,9 @@ class Access:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: Metrics, access: Access, max_request_bytes: int, draining: Callable[[], bool]):
+    def __init__(self, metrics: Metrics, access: Access, max_request_bytes: int, draining: Callable[[], bool], tracer: Tracer | None = None):
         self.metrics = metrics
+        self.tracer = tracer or Tracer()
         self.access = access
         self.max_request_bytes = max_request_bytes
         self.draining = draining
@@ -113,7 +115,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def _observed(self, handler, details, token: str | None):
         method = details.method.rsplit("/", 1)[-1]
-        request_id = _metadata(details).get("x-request-id") or uuid.uuid4().hex
+        metadata = _metadata(details)
+        request_id = metadata.get("x-request-id") or uuid.uuid4().hex
         inner, decode = handler.unary_unary, handler.request_deserializer
 
         async def observed(raw: bytes, context):
@@ -123,8 +126,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             in_flight = self.metrics.in_flight.labels(method=method)
             in_flight.inc()
             self._enter()
+            call = NO_CALL
             try:
                 self._authenticate(details, token)
+                call = self.tracer.start_call(details.method, metadata, request_id)  # after the token: an unauthenticated caller costs nothing
                 if self.draining():
                     raise NotReadyError("the server is shutting down; retry on another replica")
                 if len(raw) > self.max_request_bytes:
@@ -149,6 +154,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     message = str(exc)
                 await context.abort(code, message)
             finally:
+                call.end(code)
                 self._leave()
                 in_flight.dec()
                 self.metrics.requests.labels(method=method, code=code.name).inc()

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core.errors import ConfigError, InvalidInputError, ProtoLMError
+from service import tracing
 from service.config import ServerConfig
 from service.engine import Engine, ServingModel
 from service.grpc_api import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -60,13 +61,14 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 class ProtoLMServer:
-    def __init__(self, config: ServerConfig, load_model: ModelLoader | None = None):
+    def __init__(self, config: ServerConfig, load_model: ModelLoader | None = None, tracer: tracing.Tracer | None = None):
         if load_model is None:
             from service.loader import load_serving_model as load_model
         self.config = config
         self.bundle_dir = config.bundle_dir
         self.load_model = load_model
         self.metrics = Metrics()
+        self.tracer = tracer or tracing.tracer(config.tracing)
         self.engine = Engine(config, self.metrics)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
@@ -84,6 +86,7 @@ class ProtoLMServer:
             ),
             config.max_request_bytes,
             draining=lambda: self.draining,
+            tracer=self.tracer,
         )
 
     async def _set_health(self, serving: bool) -> None:
@@ -201,6 +204,7 @@ class ProtoLMServer:
             await self._server.stop(max(deadline - loop.time(), 1.0))
         await self.engine.stop(drain_seconds=0)
         self.metrics.close()
+        await loop.run_in_executor(None, self.tracer.close)  # sends the spans still buffered
         self._stopped.set()
 
     async def wait(self) -> None:

@@ -209,11 +209,12 @@ def test_serving_environment_names_real_server_options_and_matches_between_image
 
 
 def test_serve_extra_pulls_in_neither_torch_nor_transformers():
-    """The CPU image installs exactly pyproject's `serve` extra (deploy/install-serve.sh)."""
+    """The CPU image installs exactly pyproject's `serve` and `tracing` extras (deploy/install-serve.sh)."""
     import importlib.metadata
 
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    serve = [Requirement(r) for r in pyproject["project"]["optional-dependencies"]["serve"]]
+    extras = pyproject["project"]["optional-dependencies"]
+    serve = [Requirement(r) for r in extras["serve"] + extras["tracing"]]
     names = {canonicalize_name(r.name) for r in serve}
     assert not names & {"torch", "transformers", "protolm"}, names
     # nor does anything they depend on, as installed here (the versions the image pins)
@@ -244,7 +245,7 @@ def test_constraints_pin_every_serving_requirement_within_pyproject_ranges():
             pins[canonicalize_name(requirement.name)] = specifier.version
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     extras = pyproject["project"]["optional-dependencies"]
-    for line in pyproject["project"]["dependencies"] + extras["serve"] + extras["train"] + extras["export"]:
+    for line in pyproject["project"]["dependencies"] + extras["serve"] + extras["tracing"] + extras["train"] + extras["export"]:
         requirement = Requirement(line)
         name = canonicalize_name(requirement.name)
         if name in ("protolm", "torch"):

@@ -111,7 +111,8 @@ def requirements(lines) -> dict[str, Requirement]:
 def test_serving_requirements_swap_in_the_gpu_builds():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     cpu = serve_requirements(pyproject, "cpu", {})
-    assert cpu == pyproject["project"]["dependencies"] + pyproject["project"]["optional-dependencies"]["serve"]
+    extras = pyproject["project"]["optional-dependencies"]
+    assert cpu == pyproject["project"]["dependencies"] + extras["serve"] + extras["tracing"]
     # the GPU image's install, with the versions deploy/Dockerfile gives the stage that builds it
     dockerfile = parse_dockerfile()
     (stage,) = [name for name in ("serve", "serve-gpu") if serving_build(dockerfile, name).flavour == "gpu"]
