@@ -392,7 +392,7 @@ def _prototypes_html(report: ModelReport) -> str:
                 others = [i for i in sharing[exemplar.example_id] if i != p.prototype_id]
                 if others:
                     notes.append(f'<span class="shared">same exemplar as {", ".join(f"#{i}" for i in others)}</span>')
-                notes.append(f'<span class="muted">training row {exemplar.example_id}, distance {exemplar.distance:.4f}</span>')
+                notes.append(f'<span class="muted">training row {exemplar.example_id}, distance {max(exemplar.distance, 0.0):.4f}</span>')
             rows.append(f'<tr class="prototype" id="prototype-{p.prototype_id}"><td class="pid">#{p.prototype_id}</td>'
                         f'<td class="exemplar">{_exemplar_html(exemplar)}<div class="pnotes">{" · ".join(notes)}</div></td>'
                         f'<td class="weights">{_weights_html(p, labels, largest)}</td></tr>')
