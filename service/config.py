@@ -22,7 +22,7 @@ class ServerConfig:
     max_batch_size: int = option(32, "most inputs in one forward pass")
     max_batch_tokens: int = option(8192, "most padded tokens (batch size x longest input) in one forward pass")
     max_padding: float = option(0.25, "largest share of a batch's tokens that may be padding; longer inputs start a new batch")
-    max_wait_ms: float = option(5.0, "longest a first queued input waits for others to fill its batch")
+    max_wait_ms: float = option(5.0, "longest the oldest queued input waits for others to fill its batch (right after a batch: only until the callers it answered are back)")
     max_queue_size: int = option(1024, "queued inputs beyond which requests are rejected with RESOURCE_EXHAUSTED")
     max_inputs_per_request: int = option(64, "most inputs in one Classify or Explain call")
     max_text_chars: int = option(10000, "longest text (or text_pair) accepted, in characters; token overflow is truncated instead")
@@ -110,6 +110,7 @@ class PredictConfig:
     skip_bad_rows: bool = option(False, "record a bad row (missing, empty or non-text) as an `error` line and go on, instead of stopping at it")
     overwrite: bool = option(False, "start the output afresh instead of resuming after the rows it already holds", env="PROTOLM_PREDICT_OVERWRITE")
     window: int = option(2048, "rows read, tokenised and sorted by length together (a Ray actor's batch)", env="PROTOLM_PREDICT_WINDOW")
+    workers: int = option(2, "windows in flight at once in this process (one's tokenising overlaps another's forward passes)", env="PROTOLM_PREDICT_WORKERS")
     max_batch_size: int = option(64, "most inputs in one forward pass", env="PROTOLM_PREDICT_MAX_BATCH_SIZE")
     max_batch_tokens: int = option(8192, "most padded tokens (batch size x longest input) in one forward pass", env="PROTOLM_PREDICT_MAX_BATCH_TOKENS")
     max_padding: float = option(0.25, "largest share of a batch's tokens that may be padding; longer inputs start a new batch", env="PROTOLM_PREDICT_MAX_PADDING")
@@ -122,7 +123,7 @@ class PredictConfig:
     ray_cpus_per_actor: float = option(1.0, "CPUs each Ray actor reserves (and ONNX Runtime threads it runs)")
 
     def __post_init__(self) -> None:
-        for name in ("window", "max_batch_size", "max_batch_tokens", "top_words", "top_prototypes"):
+        for name in ("window", "workers", "max_batch_size", "max_batch_tokens", "top_words", "top_prototypes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.nearest_examples < 0 or self.ray_actors < 0 or self.ray_cpus_per_actor <= 0:

@@ -495,10 +495,23 @@ class Summary:
 
 
 def local_records(config: PredictConfig, source: InputFile, start: int) -> Iterator[tuple[list[Row], list[dict]]]:
-    """Windows of rows with their records, computed in this process."""
+    """Windows of rows with their records, computed in this process: ``config.workers``
+    windows at once on one loaded bundle (the tokenizer and ONNX Runtime release the GIL, so
+    one window's tokenising overlaps another's forward passes), handed back in input order."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     predictor = Predictor(config)
-    for window in windows(source.rows(start), config.window):
-        yield window, predictor.predict([(r.text, r.pair) for r in window])
+    with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="protolm-predict") as pool:
+        pending: deque = deque()
+        for window in windows(source.rows(start), config.window):
+            pending.append((window, pool.submit(predictor.predict, [(r.text, r.pair) for r in window])))
+            if len(pending) > config.workers:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def run(config: PredictConfig) -> Summary:
@@ -518,13 +531,13 @@ def run(config: PredictConfig) -> Summary:
     started = time.monotonic()
     skipped = 0
     complete = False
-    try:
-        if config.ray:
-            from service.predict_ray import ray_records
+    if config.ray:
+        from service.predict_ray import ray_records
 
-            batches = ray_records(config, source, start)
-        else:
-            batches = local_records(config, source, start)
+        batches = ray_records(config, source, start)
+    else:
+        batches = local_records(config, source, start)
+    try:
         for rows, records in batches:
             out = []
             for row, record in zip(rows, records):
@@ -541,6 +554,7 @@ def run(config: PredictConfig) -> Summary:
             progress.update(len(out))
         complete = True
     finally:
+        batches.close()  # stops the workers (or Ray) now, also after a bad row
         output.close(complete)
     progress.finish()
     return Summary(output.rows - start, skipped, start, time.monotonic() - started, config.output)
