@@ -92,6 +92,7 @@ def _metrics(evaluation: dict | None) -> dict:
         "examples": evaluation["examples"],
         "accuracy": evaluation["accuracy"],
         "macro_f1": evaluation["macro_f1"],
+        "confusion": evaluation["confusion"],
         "faithfulness": evaluation["faithfulness"],
         "prototype_purity": (evaluation["prototypes"] or {}).get("purity"),
     }

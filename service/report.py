@@ -1,6 +1,7 @@
 """``protolm report BUNDLE_DIR``: the report of a serving bundle, gathered without torch.
 
-The evaluation is the manifest's (it records no confusion matrix: the report says so), the
+The evaluation is the manifest's (bundles exported before it recorded the confusion matrix
+have none: the report says so), the
 prototypes are the exemplars and the last layer, the 2-D map reads a sample of the training
 encodings back out of the example index and the prototypes out of the prototype index, and
 the explained examples go through the service's own engine and ONNX graph, no server needed.
@@ -102,7 +103,7 @@ def bundle_report(bundle_dir: str | Path, config: ReportConfig | None = None) ->
     if evaluation.accuracy is None:
         notes.append("The manifest records no evaluation of this model.")
     elif evaluation.confusion is None:
-        notes.append("The bundle records no confusion matrix: the model directory it was exported from has one (protolm report MODEL_DIR).")
+        notes.append("The bundle records no confusion matrix (it was exported before bundles did): the model directory it was exported from has one (protolm report MODEL_DIR).")
     last_layer = bundle.last_layer()
     if last_layer is None:
         notes.append(f"Bundle format {manifest.format_version} has no last layer: no prototype weights and no evidence (export the model again).")
