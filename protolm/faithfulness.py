@@ -3,21 +3,30 @@
 For each example, its real tokens (never the special ones) are ranked by an explanation;
 the top q% are then removed (comprehensiveness) or kept alone (sufficiency), and the drop in
 the probability of the originally predicted class is averaged. A faithful ranking has high
-comprehensiveness and low sufficiency. Three rankings exist:
+comprehensiveness and low sufficiency. The rankings:
 
 * ``attention``: proto-lm's own token attention, the explanation it is built to give;
 * ``gradient_x_input``: gradient of the predicted class's log-probability times the word
   embedding, L2-normed over the hidden dimensions (InputXGradient with L2 aggregation, as in
   Atanasova et al., 2020); it needs no attention layer, so it is what a plainly fine-tuned
   model (the baseline head) can offer instead;
+* ``integrated_gradients``: Integrated Gradients (Sundararajan et al., 2017; Captum's
+  ``LayerIntegratedGradients`` on the word-embedding layer) of the predicted class's
+  log-probability, from a baseline where every real token is ``[PAD]`` and the special
+  tokens stay as they are, summed (signed) over the hidden dimensions. Unlike
+  gradient×input, the signed sum is meaningful here: by completeness the scores of one
+  input add up to log p(x) - log p(baseline), so each is the token's share of that
+  difference. Slow (``IG_STEPS`` forward and backward passes per input), so never a default;
+  ``integrated_gradients_l2`` is the L2 norm over hidden dimensions instead, for comparison;
 * ``random``: a seeded random order, the floor every figure is read against.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -28,6 +37,9 @@ from protolm.model import ClassifierOutput, EncoderClassifier
 
 FRACTIONS = (0.01, 0.05, 0.10, 0.20, 0.50)
 RANDOM = "random"
+IG_STEPS = 50
+# Captum runs the steps of several inputs in one pass; this many tokens per pass bounds memory.
+IG_TOKENS_PER_PASS = 8192
 
 
 @dataclass
@@ -68,10 +80,66 @@ def gradient_x_input_scores(model: EncoderClassifier, batch: dict, output: Class
     return (gradient * captured[0]).norm(dim=-1).detach().float().cpu().numpy()
 
 
+def integrated_gradients_baseline(model: EncoderClassifier, input_ids: torch.Tensor) -> torch.Tensor:
+    """The IG baseline: every token replaced by ``[PAD]`` except the special ones ([CLS], [SEP],
+    padding), which the baseline shares with the input, so their attributions are exactly 0.
+    ``[UNK]`` stands for a word and is replaced too."""
+    tokenizer = model.tokenizer
+    specials = torch.tensor(sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}), device=input_ids.device)
+    return torch.where(torch.isin(input_ids, specials), input_ids, torch.full_like(input_ids, tokenizer.pad_token_id or 0))
+
+
+def integrated_gradients_attributions(
+    model: EncoderClassifier, batch: dict, target: torch.Tensor, steps: int = IG_STEPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token and hidden dimension, IG of log p(``target``) on the word embeddings, and
+    Captum's convergence delta per input (sum of attributions minus the log-probability
+    difference between input and baseline)."""
+    from captum.attr import LayerIntegratedGradients
+
+    def log_probabilities(input_ids, attention_mask, token_type_ids=None):
+        return torch.log_softmax(model(input_ids, attention_mask, token_type_ids).logits.float(), dim=-1)
+
+    input_ids = batch["input_ids"]
+    rows = max(1, IG_TOKENS_PER_PASS // input_ids.shape[1])
+    ig = LayerIntegratedGradients(log_probabilities, model.encoder.get_input_embeddings())
+    with torch.enable_grad():
+        attributions, delta = ig.attribute(
+            input_ids,
+            baselines=integrated_gradients_baseline(model, input_ids),
+            target=target,
+            additional_forward_args=(batch["attention_mask"], batch.get("token_type_ids")),
+            n_steps=steps,
+            internal_batch_size=rows,
+            return_convergence_delta=True,
+        )
+    return attributions.detach(), delta.detach()
+
+
+def _predicted(model: EncoderClassifier, batch: dict, output: ClassifierOutput | None) -> torch.Tensor:
+    if output is None:
+        with torch.inference_mode():
+            output = model(**batch)
+    return output.logits.argmax(-1).clone()  # out of inference mode: Captum needs a plain tensor
+
+
+def integrated_gradients_scores(
+    model: EncoderClassifier, batch: dict, output: ClassifierOutput | None = None, steps: int = IG_STEPS, norm: bool = False
+) -> np.ndarray:
+    """IG of the predicted class's log-probability per token: summed over the hidden
+    dimensions (signed; completeness makes the row sum log p(x) - log p(baseline)), or their L2
+    norm with ``norm``. Special and padding tokens score exactly 0."""
+    attributions, _ = integrated_gradients_attributions(model, batch, _predicted(model, batch, output), steps)
+    scores = attributions.norm(dim=-1) if norm else attributions.sum(dim=-1)
+    return scores.float().cpu().numpy()
+
+
 # name -> scores per token, from the model, the batch and the batch's (gradient-free) output
 RANKERS: dict[str, Callable[[EncoderClassifier, dict, ClassifierOutput], np.ndarray]] = {
     "attention": attention_scores,
     "gradient_x_input": gradient_x_input_scores,
+    "integrated_gradients": integrated_gradients_scores,
+    "integrated_gradients_l2": partial(integrated_gradients_scores, norm=True),
 }
 
 
@@ -104,11 +172,15 @@ def evaluate_faithfulness(
     seed: int = 0,
     progress: bool = True,
     rankings: tuple[str, ...] | None = None,
+    rankers: Mapping[str, Callable[[EncoderClassifier, dict, ClassifierOutput], np.ndarray]] | None = None,
 ) -> Faithfulness:
+    """``rankers`` adds to or replaces entries of :data:`RANKERS` (e.g. IG with other steps)."""
     rankings = rankings or default_rankings(model)
-    unknown = [r for r in rankings if r != RANDOM and r not in RANKERS]
+    rankers = {**RANKERS, **(rankers or {})}
+    unknown = [r for r in rankings if r != RANDOM and r not in rankers]
     if unknown:
-        raise ValueError(f"unknown ranking(s) {unknown}; known: {sorted(RANKERS)} and {RANDOM}")
+        raise ValueError(f"unknown ranking(s) {unknown}; known: {sorted(rankers)} and {RANDOM}")
+
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
     pad_id = model.tokenizer.pad_token_id or 0
@@ -136,7 +208,7 @@ def evaluate_faithfulness(
             if ranking == RANDOM:
                 ranked = [rng.permutation(c) for c in content]
             else:
-                scores = RANKERS[ranking](model, batch, output)
+                scores = rankers[ranking](model, batch, output)
                 ranked = [c[np.argsort(-scores[row][c], kind="stable")] for row, c in enumerate(content)]
             for f, fraction in enumerate(fractions):
                 tops = [set(r[: max(1, math.ceil(fraction * len(r)))].tolist()) for r in ranked]
