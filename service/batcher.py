@@ -1,9 +1,13 @@
 """Dynamic batching: many callers' inputs, one forward pass.
 
-The loop blocks for the first queued input, then waits up to ``max_wait`` for more. It takes
-the queued inputs oldest first (at most a window of a few batches), sorts them by length and
-cuts them into batches bounded by ``max_batch_size``, a padded-token budget and a largest
-share of padding, so inputs of similar length share a batch and padding stays small. Each batch runs in a dedicated
+The loop blocks for the first queued input, then waits up to ``max_wait`` for more: until a
+full batch is queued or, right after a batch, until the callers it answered are back (a
+closed-loop caller sends again at once; without them the next batch would be cut from the
+leftovers only). Then it runs one batch and looks at the queue again: the oldest queued input
+and the most of its length neighbours (the whole queue sorted by length) within
+``max_batch_size``, a padded-token budget and a largest share of padding. Inputs of similar
+length share a batch, batches stay full under load, and the oldest input always goes next,
+so none waits behind younger ones. Each batch runs in a dedicated
 executor thread so the event loop never blocks. Every future gets a result or an exception:
 cancelled inputs and inputs whose deadline passed are dropped before inference, and a
 failing batch fails each of its inputs (none is left waiting). A bounded queue rejects new
@@ -26,14 +30,14 @@ log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-WINDOW_BATCHES = 4
 
 
 @dataclass(frozen=True)
 class BatchStats:
     size: int
-    padded_tokens: int
+    padded_tokens: int  # size x longest input: what the model computes
     seconds: float
+    real_tokens: int = 0  # the inputs' own tokens: padded_tokens - real_tokens is padding
 
 
 @dataclass
@@ -53,6 +57,7 @@ class _Pending:
     deadline: float | None
     enqueued: float = field(default_factory=time.monotonic)
     call: tracing.CallTrace = field(default_factory=tracing.current_call)  # made in submit, so: the submitting call's
+    request: list[_Pending] = field(default_factory=list)  # every input of the submitting call, this one included
 
 
 def length_sorted_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int, max_padding: float = 1.0) -> list[list[int]]:
@@ -82,6 +87,34 @@ def length_sorted_batches(lengths: Sequence[int], max_batch_size: int, max_batch
     return batches
 
 
+def batch_around(lengths: Sequence[int], anchor: int, max_batch_size: int, max_batch_tokens: int, max_padding: float = 1.0) -> list[int]:
+    """Positions of the batch that holds ``lengths[anchor]`` and the most of its length
+    neighbours within the size, padded-token and padding-share limits (the tightest such batch
+    among equally large ones; an input alone always fits).
+
+    The batcher's cut: ``anchor`` is its oldest queued input, so that one always goes next,
+    and a batch is a run of the length-sorted queue, extended while the next (longer) input
+    keeps padding within ``max_padding`` of the batch's tokens, as in
+    :func:`length_sorted_batches`. Equal lengths keep their order (older first). Costs
+    O(len(lengths) log len(lengths) + max_batch_size²) comparisons.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    k = order.index(anchor)
+    ordered = [lengths[i] for i in order]
+    best, best_key = (k, k + 1), (1, 1.0)
+    for start in range(max(0, k - max_batch_size + 1), k + 1):
+        real = 0
+        for end in range(start, min(len(order), start + max_batch_size)):
+            length, size = ordered[end], end - start + 1
+            padded = size * length  # sorted: this input is the longest so far
+            if size > 1 and (padded > max_batch_tokens or 1.0 - (real + length) / padded > max_padding):
+                break
+            real += length
+            if end >= k and (size, real / padded) > best_key:
+                best, best_key = (start, end + 1), (size, real / padded)
+    return [order[i] for i in range(*best)]
+
+
 class DynamicBatcher(Generic[Item, Result]):
     def __init__(
         self,
@@ -108,7 +141,9 @@ class DynamicBatcher(Generic[Item, Result]):
         self._on_batch = on_batch or (lambda stats: None)
         self._on_queue_depth = on_queue_depth or (lambda depth: None)
         self._queue: list[_Pending] = []
-        self._window: list[_Pending] = []  # taken from the queue, being batched and run
+        self._window: list[_Pending] = []  # taken from the queue, being run
+        self._freed_at = float("-inf")  # when the last batch finished
+        self._answered = 0  # inputs queued then, plus those of the calls that batch finished: expected back soon
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._accepting = False
@@ -162,6 +197,8 @@ class DynamicBatcher(Generic[Item, Result]):
         self.check_capacity(len(items))
         loop = asyncio.get_running_loop()
         pending = [_Pending(item, length, loop.create_future(), deadline) for item, length in zip(items, lengths)]
+        for p in pending:
+            p.request = pending
         self._queue.extend(pending)
         self._on_queue_depth(len(self._queue))
         self._wakeup.set()
@@ -187,23 +224,42 @@ class DynamicBatcher(Generic[Item, Result]):
             while not self._queue:  # a withdrawn caller can empty the queue after the wake-up
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            oldest = self._queue[0].enqueued
-            full = self.max_batch_size
-            while len(self._queue) < full and (remaining := oldest + self.max_wait_seconds - time.monotonic()) > 0:
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
-            window = self._window = self._queue[: self.max_batch_size * WINDOW_BATCHES]
-            del self._queue[: len(window)]
+            await self._fill()
+            self._queue = self._live(self._queue)
+            if not self._queue:
+                self._on_queue_depth(0)
+                continue
+            batch = self._window = self._cut(self._queue)
+            taken = {id(p) for p in batch}
+            self._queue = [p for p in self._queue if id(p) not in taken]
             self._on_queue_depth(len(self._queue))
             try:
-                for batch in self._cut(self._live(window)):
-                    await self._execute(batch)
-            except Exception as exc:  # a bug here must not strand the window's callers
-                log.exception("batcher failed on a window of %d inputs", len(window))
-                self._fail(window, exc)
+                await self._execute(batch)
+            except Exception as exc:  # a bug here must not strand the batch's callers
+                log.exception("batcher failed on a batch of %d inputs", len(batch))
+                self._fail(batch, exc)
+            self._window = []
+            # a call with inputs still queued is not answered yet: its caller cannot send again
+            finished = {id(p.request): len(p.request) for p in batch if all(q.future.done() for q in p.request)}
+            self._freed_at, self._answered = time.monotonic(), len(self._queue) + sum(finished.values())
+
+    async def _fill(self) -> None:
+        """Waits for company for the oldest input: at most ``max_wait`` from when it was queued
+        or the model became free, whichever is later; less once a full batch is queued or, in
+        the ``max_wait`` after a batch, once the callers that batch answered can be back (the
+        queue holds what it held then plus as many inputs as the calls it finished had)."""
+        start = max(self._queue[0].enqueued, self._freed_at)
+        while (remaining := start + self.max_wait_seconds - time.monotonic()) > 0:
+            enough = self.max_batch_size
+            if time.monotonic() < self._freed_at + self.max_wait_seconds:
+                enough = min(enough, self._answered)
+            if len(self._queue) >= enough:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
 
     def _live(self, pending: list[_Pending]) -> list[_Pending]:
         now = time.monotonic()
@@ -217,10 +273,10 @@ class DynamicBatcher(Generic[Item, Result]):
             live.append(p)
         return live
 
-    def _cut(self, pending: list[_Pending]) -> list[list[_Pending]]:
+    def _cut(self, pending: list[_Pending]) -> list[_Pending]:
+        """The next batch: the oldest input (``pending`` is in queue order) and its length neighbours."""
         lengths = [p.length for p in pending]
-        cuts = length_sorted_batches(lengths, self.max_batch_size, self.max_batch_tokens, self.max_padding)
-        return [[pending[i] for i in batch] for batch in cuts]
+        return [pending[i] for i in batch_around(lengths, 0, self.max_batch_size, self.max_batch_tokens, self.max_padding)]
 
     async def _execute(self, batch: list[_Pending]) -> None:
         batch = [p for p in batch if not p.future.done()]
@@ -245,7 +301,7 @@ class DynamicBatcher(Generic[Item, Result]):
             self._running_batches -= 1
         finished = time.monotonic()
         trace.end()
-        stats = BatchStats(len(batch), padded_tokens, finished - started)
+        stats = BatchStats(len(batch), padded_tokens, finished - started, sum(p.length for p in batch))
         self._on_batch(stats)
         for p, result in zip(batch, results):
             if not p.future.done():

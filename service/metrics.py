@@ -29,6 +29,11 @@ class Metrics:
         self.batch_tokens = Histogram(
             "protolm_batch_tokens", "padded tokens (batch size x longest input) per forward pass", buckets=BATCH_TOKEN_BUCKETS, registry=r
         )
+        self.batch_real_tokens = Histogram(
+            "protolm_batch_real_tokens",
+            "the inputs' own tokens per forward pass (padding excluded); 1 - its sum / protolm_batch_tokens' sum is the share of padding",
+            buckets=BATCH_TOKEN_BUCKETS, registry=r,
+        )
         self.queue_depth = Gauge("protolm_queue_depth", "inputs waiting for a batch", registry=r)
         self.in_flight = Gauge("protolm_requests_in_flight", "RPCs being handled", ["method"], registry=r)
         self.inputs = Counter("protolm_inputs", "inputs classified, by method", ["method"], registry=r)
@@ -42,6 +47,7 @@ class Metrics:
     def record_batch(self, stats) -> None:
         self.batch_size.observe(stats.size)
         self.batch_tokens.observe(stats.padded_tokens)
+        self.batch_real_tokens.observe(stats.real_tokens)
         self.inference_duration.observe(stats.seconds)
 
     def set_model(self, name: str, version: str, variant: str, provider: str) -> None:

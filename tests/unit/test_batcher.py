@@ -1,11 +1,12 @@
 import asyncio
+import random
 import threading
 import time
 
 import pytest
 
 from core.errors import DeadlineExceededError, NotReadyError, OverloadedError
-from service.batcher import DynamicBatcher
+from service.batcher import DynamicBatcher, batch_around
 from tests.service_helpers import until
 
 
@@ -192,4 +193,106 @@ async def test_batches_are_cut_where_padding_would_exceed_its_share():
     lengths = [10, 11, 12, 40, 41, 42, 13, 43]
     await asyncio.gather(*(one(batcher, length, length) for length in lengths))
     assert sorted(map(sorted, recorder.batches)) == [[10, 11, 12, 13], [40, 41, 42, 43]]
+    await batcher.stop()
+
+
+async def queued_behind_a_held_batch(recorder, batcher, lengths) -> list[asyncio.Task]:
+    """Input 0 (length 1) in the held model, then one input per length queued in that order
+    (each input is its own length); the model is released once all of them are queued."""
+    tasks = [asyncio.create_task(one(batcher, 0, 1))]
+    await until(lambda: recorder.entered == [[0]])
+    tasks += [asyncio.create_task(one(batcher, length, length)) for length in lengths]
+    await until(lambda: batcher.queue_depth == len(lengths))
+    recorder.release.set()
+    await asyncio.gather(*tasks)
+    return tasks
+
+
+async def test_a_queue_of_mixed_lengths_yields_length_homogeneous_full_batches():
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = make(recorder, max_batch_size=4, max_wait_seconds=0.0)
+    await queued_behind_a_held_batch(recorder, batcher, [5, 40, 6, 41, 7, 42, 8, 43])
+    assert recorder.batches[1:] == [[5, 6, 7, 8], [40, 41, 42, 43]]
+    await batcher.stop()
+
+
+async def test_the_oldest_input_goes_next_with_its_length_neighbours():
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = make(recorder, max_batch_size=2, max_wait_seconds=0.0)
+    await queued_behind_a_held_batch(recorder, batcher, [30, 2, 3, 4, 31])
+    # 30 is the oldest queued: it goes first, with 31, though 2, 3 and 4 queued before 31
+    assert recorder.batches[1:] == [[30, 31], [2, 3], [4]]
+    await batcher.stop()
+
+
+async def test_after_a_batch_the_next_waits_only_for_the_callers_it_answered():
+    recorder = Recorder()
+    batcher = make(recorder, max_batch_size=8, max_wait_seconds=1.0)
+
+    async def caller(item):
+        for _ in range(3):
+            await one(batcher, item)
+
+    started = time.monotonic()
+    await asyncio.gather(*(caller(i) for i in range(4)))
+    # the first batch waits max_wait for a full batch; the next two go as soon as the four
+    # callers are back (waiting max_wait each time, as before, took 3 s)
+    assert time.monotonic() - started < 2.0
+    assert [sorted(b) for b in recorder.batches] == [[0, 1, 2, 3]] * 3
+    await batcher.stop()
+
+
+async def test_a_lone_caller_is_not_delayed_beyond_max_wait():
+    batcher = make(Recorder(), max_wait_seconds=0.5)
+    first, second = [], []
+    for times in (first, second):
+        started = time.monotonic()
+        await one(batcher, 1)
+        times.append(time.monotonic() - started)
+    assert 0.45 <= first[0] < 1.5  # nobody to wait for yet: max_wait, no more
+    assert second[0] < 0.5  # right after its own batch: nobody else is expected
+    await batcher.stop()
+
+
+def test_batch_around_holds_the_anchor_within_every_limit_and_is_the_largest_such_run():
+    rng = random.Random(0)
+    for _ in range(300):
+        lengths = [rng.randint(1, 60) for _ in range(rng.randint(1, 40))]
+        anchor = rng.randrange(len(lengths))
+        size, budget, padding = rng.choice((1, 4, 8, 32)), rng.choice((60, 256, 10_000)), rng.choice((0.1, 0.25, 1.0))
+        batch = batch_around(lengths, anchor, size, budget, padding)
+        chosen = [lengths[i] for i in batch]
+        assert anchor in batch and len(set(batch)) == len(batch) <= size
+        if len(batch) > 1:
+            assert len(batch) * max(chosen) <= budget
+            assert 1.0 - sum(chosen) / (len(batch) * max(chosen)) <= padding + 1e-9
+        # a run of the length-sorted inputs, as large as any run that holds the anchor and
+        # grows within the limits (equal lengths in queue order)
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        k = order.index(anchor)
+        positions = sorted(order.index(i) for i in batch)
+        assert positions == list(range(positions[0], positions[0] + len(batch)))
+        largest = 1
+        for start in range(k + 1):
+            for end in range(k, len(order)):
+                run = [lengths[i] for i in order[start : end + 1]]
+                prefixes_fit = all(
+                    n == 1 or (n * run[n - 1] <= budget and 1.0 - sum(run[:n]) / (n * run[n - 1]) <= padding) for n in range(1, len(run) + 1)
+                )
+                if len(run) <= size and prefixes_fit:
+                    largest = max(largest, len(run))
+        assert len(batch) == largest
+
+
+async def test_a_call_of_many_inputs_does_not_wait_between_its_own_batches():
+    recorder = Recorder()
+    batcher = make(recorder, max_batch_size=4, max_wait_seconds=1.0)
+    started = time.monotonic()
+    results = await batcher.submit(list(range(10)), [1] * 10)
+    # three batches, none of them waiting for this caller to send again (it cannot, yet)
+    assert time.monotonic() - started < 1.0
+    assert [r.value for r in results] == [i * 2 for i in range(10)]
+    assert [len(b) for b in recorder.batches] == [4, 4, 2]
     await batcher.stop()
