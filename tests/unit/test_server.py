@@ -153,7 +153,8 @@ async def test_metrics_endpoint_shows_request_duration_and_batch_series():
         assert 'protolm_requests_total{code="OK",method="Classify"} 1.0' in body
         assert 'protolm_requests_total{code="INVALID_ARGUMENT",method="Classify"} 1.0' in body
         for series in ("protolm_request_duration_seconds_bucket", "protolm_queue_duration_seconds_count", "protolm_inference_duration_seconds_sum",
-                       "protolm_batch_size_bucket", "protolm_batch_tokens_bucket", "protolm_queue_depth", "protolm_inputs_total"):
+                       "protolm_batch_size_bucket", "protolm_batch_tokens_bucket", "protolm_batch_real_tokens_sum", "protolm_queue_depth",
+                       "protolm_inputs_total"):
             assert series in body, series
         assert 'protolm_model_info{name="fake",provider="fake",variant="fp32",version="1"} 1.0' in body
         await channel.close()
