@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from load_test import free_port, load, start, stop
+from load_test import free_port, load
 
 
 def sst2_input(path: Path, rows: int) -> list[str]:
@@ -55,6 +55,30 @@ def timed_predict(bundle: str, source: Path, output: Path, extra: list[str]) -> 
     return {"seconds": seconds, "rows": len(labels), "rows_per_second": len(labels) / seconds, "load_average": load_average, "labels": labels}
 
 
+def serve(bundle: str, port: int, log_path: Path) -> subprocess.Popen:
+    """`protolm serve BUNDLE` on 127.0.0.1:PORT, returned once its health check says SERVING."""
+    import grpc
+
+    from service.client import ProtoLMClient
+
+    env = {**os.environ, "PROTOLM_PORT": str(port), "PROTOLM_HOST": "127.0.0.1", "PROTOLM_METRICS_PORT": "-1", "PROTOLM_DRAIN_DELAY": "0"}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "cli.main", "--log-level", "WARNING", "serve", bundle], cwd=REPO, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    with ProtoLMClient(f"127.0.0.1:{port}", timeout=1) as client:
+        for _ in range(720):
+            if process.poll() is not None:
+                raise RuntimeError(f"protolm serve exited with {process.returncode}; see {log_path}")
+            try:
+                if client.health() == "SERVING":
+                    return process
+            except grpc.RpcError:
+                pass
+            time.sleep(0.25)
+    process.kill()
+    raise RuntimeError(f"protolm serve was not SERVING after 3 minutes; see {log_path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle_dir")
@@ -81,14 +105,14 @@ def main() -> None:
         print(f"same label on {report['same_labels']:,} of {len(a):,} rows (identical files: {(work / 'local.jsonl').read_bytes() == (work / 'ray.jsonl').read_bytes()})")
     if "server" not in skip:
         port = free_port()
-        env = {"PROTOLM_PORT": str(port), "PROTOLM_HOST": "127.0.0.1", "PROTOLM_METRICS_PORT": "-1", "PROTOLM_LOG_LEVEL": "WARNING"}
-        process = start([sys.executable, "-m", "cli.main", "serve", args.bundle_dir], env, port)
+        process = serve(args.bundle_dir, port, work / "serve.log")
         try:
             asyncio.run(load(port, "Classify", texts, 8, 2.0))  # warm-up
             load_average = os.getloadavg()[0]
             row = asyncio.run(load(port, "Classify", texts, 32, args.server_seconds))
         finally:
-            stop(process)
+            process.terminate()
+            process.wait(timeout=60)
         row["load_average"] = load_average
         report["server_32_callers"] = row
         print(f"server, 32 callers: {row['throughput']:.1f} rows/s (p50 {row['p50_ms']:.0f} ms, errors {row['errors']}, load {load_average:.1f})")
