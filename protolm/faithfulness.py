@@ -160,6 +160,21 @@ def _forward_probabilities(model: EncoderClassifier, sequences: list[dict], pad_
         return torch.softmax(model(**batch).logits.float(), dim=-1)
 
 
+def _class_probabilities(model: EncoderClassifier, sequences: list[dict], classes: list[int], pad_id: int, device, chunk: int) -> np.ndarray:
+    """p(classes[i] | sequences[i]). Each distinct sequence is forwarded once (on short inputs
+    several fractions remove the same tokens), in length-sorted chunks: perturbed copies
+    range from a few tokens to the whole input, and sorted they are hardly padded."""
+    keys = [tuple(tuple(values) for values in sequence.values()) for sequence in sequences]
+    distinct = {key: position for position, key in reversed(list(enumerate(keys)))}  # first copy of each
+    order = sorted(distinct.values(), key=lambda i: len(sequences[i]["input_ids"]))
+    probabilities: dict[tuple, np.ndarray] = {}
+    for start in range(0, len(order), chunk):
+        rows = order[start : start + chunk]
+        forwarded = _forward_probabilities(model, [sequences[i] for i in rows], pad_id, device).cpu().numpy()
+        probabilities.update({keys[i]: p for i, p in zip(rows, forwarded)})
+    return np.array([probabilities[key][c] for key, c in zip(keys, classes)])
+
+
 def _perturbed(sequence: dict, drop: set[int]) -> dict:
     return {key: [v for position, v in enumerate(values) if position not in drop] for key, values in sequence.items()}
 
@@ -180,7 +195,6 @@ def evaluate_faithfulness(
     unknown = [r for r in rankings if r != RANDOM and r not in rankers]
     if unknown:
         raise ValueError(f"unknown ranking(s) {unknown}; known: {sorted(rankers)} and {RANDOM}")
-
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
     pad_id = model.tokenizer.pad_token_id or 0
@@ -204,6 +218,8 @@ def evaluate_faithfulness(
             length = int(encoded["attention_mask"][row].sum())
             sequences.append({k: v[row, :length].tolist() for k, v in encoded.items()})
             content.append(np.array([p for p in range(length) if encoding.sequence_ids[p] is not None]))
+        # every perturbed copy of the batch, for every ranking and fraction, forwarded together
+        copies: list[tuple[dict, str, int, dict, int]] = []  # (target, ranking, fraction, sequence, row)
         for ranking in rankings:
             if ranking == RANDOM:
                 ranked = [rng.permutation(c) for c in content]
@@ -211,13 +227,15 @@ def evaluate_faithfulness(
                 scores = rankers[ranking](model, batch, output)
                 ranked = [c[np.argsort(-scores[row][c], kind="stable")] for row, c in enumerate(content)]
             for f, fraction in enumerate(fractions):
-                tops = [set(r[: max(1, math.ceil(fraction * len(r)))].tolist()) for r in ranked]
-                removed = [_perturbed(s, top) for s, top in zip(sequences, tops)]
-                kept = [_perturbed(s, set(c.tolist()) - top) for s, c, top in zip(sequences, content, tops)]
-                for target, perturbed in ((comprehensiveness, removed), (sufficiency, kept)):
-                    new = _forward_probabilities(model, perturbed, pad_id, device)
-                    drop = original - new.gather(1, predicted[:, None].to(new.device)).squeeze(1)
-                    target[ranking][f] += float(drop.sum())
+                for row, (sequence, c, r) in enumerate(zip(sequences, content, ranked)):
+                    top = set(r[: max(1, math.ceil(fraction * len(r)))].tolist())
+                    copies.append((comprehensiveness, ranking, f, _perturbed(sequence, top), row))
+                    copies.append((sufficiency, ranking, f, _perturbed(sequence, set(c.tolist()) - top), row))
+        classes = predicted.cpu().numpy()
+        new = _class_probabilities(model, [c[3] for c in copies], [classes[c[4]] for c in copies], pad_id, device, batch_size)
+        before = original.cpu().numpy()
+        for (target, ranking, f, _, row), probability in zip(copies, new):
+            target[ranking][f] += before[row] - probability
     return Faithfulness(
         fractions=tuple(fractions),
         comprehensiveness={r: (v / len(data)).tolist() for r, v in comprehensiveness.items()},
