@@ -18,6 +18,7 @@ import asyncio
 import gzip
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -42,17 +43,33 @@ def sst2_input(path: Path, rows: int) -> list[str]:
     return texts
 
 
+def cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed_predict(bundle: str, source: Path, output: Path, extra: list[str]) -> dict:
     load_average = os.getloadavg()[0]
+    cpu_before = cpu_seconds(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     command = [sys.executable, "-m", "cli.main", "predict", bundle, str(source), str(output), "--overwrite", "--progress", "false", *extra]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
+    # CPU of the command and the processes it waited for (Ray's workers count only as far as
+    # Ray's own processes reap them: a lower bound there)
+    cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_before
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     with open(output) as handle:
         labels = [json.loads(line)["label"] for line in handle]
-    return {"seconds": seconds, "rows": len(labels), "rows_per_second": len(labels) / seconds, "load_average": load_average, "labels": labels}
+    return {"seconds": seconds, "rows": len(labels), "rows_per_second": len(labels) / seconds, "cpu_seconds": cpu,
+            "rows_per_cpu_second": len(labels) / cpu, "load_average": load_average, "labels": labels}
 
 
 def serve(bundle: str, port: int, log_path: Path) -> subprocess.Popen:
@@ -79,6 +96,11 @@ def serve(bundle: str, port: int, log_path: Path) -> subprocess.Popen:
     raise RuntimeError(f"protolm serve was not SERVING after 3 minutes; see {log_path}")
 
 
+def describe(phase: dict) -> str:
+    return (f"{phase['rows']:,} rows in {phase['seconds']:.1f} s = {phase['rows_per_second']:.1f} rows/s; "
+            f"{phase['cpu_seconds']:.0f} CPU-s = {phase['rows_per_cpu_second']:.0f} rows per CPU-second (load {phase['load_average']:.1f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle_dir")
@@ -95,10 +117,10 @@ def main() -> None:
     report: dict = {"bundle": args.bundle_dir, "rows": len(texts), "cpus": os.cpu_count()}
     if "local" not in skip:
         report["local"] = timed_predict(args.bundle_dir, source, work / "local.jsonl", [])
-        print(f"local: {report['local']['rows']:,} rows in {report['local']['seconds']:.1f} s = {report['local']['rows_per_second']:.1f} rows/s (load {report['local']['load_average']:.1f})", flush=True)
+        print(f"local: {describe(report['local'])}", flush=True)
     if "ray" not in skip:
         report["ray"] = timed_predict(args.bundle_dir, source, work / "ray.jsonl", ["--ray", "local"])
-        print(f"ray:   {report['ray']['rows']:,} rows in {report['ray']['seconds']:.1f} s = {report['ray']['rows_per_second']:.1f} rows/s (load {report['ray']['load_average']:.1f})", flush=True)
+        print(f"ray:   {describe(report['ray'])}", flush=True)
     if "local" in report and "ray" in report:
         a, b = report["local"]["labels"], report["ray"]["labels"]
         report["same_labels"] = sum(x == y for x, y in zip(a, b))
@@ -109,13 +131,18 @@ def main() -> None:
         try:
             asyncio.run(load(port, "Classify", texts, 8, 2.0))  # warm-up
             load_average = os.getloadavg()[0]
+            server_cpu, client_cpu = process_cpu_seconds(process.pid), cpu_seconds(resource.RUSAGE_SELF)
             row = asyncio.run(load(port, "Classify", texts, 32, args.server_seconds))
+            row["server_cpu_seconds"] = process_cpu_seconds(process.pid) - server_cpu
+            row["client_cpu_seconds"] = cpu_seconds(resource.RUSAGE_SELF) - client_cpu
+            row["rows_per_server_cpu_second"] = row["throughput"] * args.server_seconds / row["server_cpu_seconds"]
         finally:
             process.terminate()
             process.wait(timeout=60)
         row["load_average"] = load_average
         report["server_32_callers"] = row
-        print(f"server, 32 callers: {row['throughput']:.1f} rows/s (p50 {row['p50_ms']:.0f} ms, errors {row['errors']}, load {load_average:.1f})")
+        print(f"server, 32 callers: {row['throughput']:.1f} rows/s, {row['rows_per_server_cpu_second']:.0f} rows per server CPU-second "
+              f"(client {row['client_cpu_seconds']:.0f} CPU-s; p50 {row['p50_ms']:.0f} ms, errors {row['errors']}, load {load_average:.1f})")
     for phase in ("local", "ray"):
         if phase in report:
             report[phase].pop("labels")
