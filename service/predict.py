@@ -274,7 +274,7 @@ class Predictor:
 
         if not self.config.explain:
             return classification_record(classification(self.model, encoded, outputs))
-        return explanation_record(explanation(self.model, encoded, outputs, self.options, neighbours), self.config.top_words)
+        return explanation_record(explanation(self.model, encoded, outputs, self.options, neighbours), self.config.top_words, self.model.is_pair)
 
 
 def pair_column(config: PredictConfig, is_pair: bool) -> str | None:
@@ -292,13 +292,17 @@ def classification_record(c: Classification) -> dict:
 def _exemplar(exemplar) -> dict:
     if exemplar is None:
         return {"exemplar_id": None, "exemplar": None}
-    return {"exemplar_id": exemplar.example_id, "exemplar": exemplar.text, "exemplar_pair": exemplar.text_pair}
+    pair = {} if exemplar.text_pair is None else {"exemplar_pair": exemplar.text_pair}
+    return {"exemplar_id": exemplar.example_id, "exemplar": exemplar.text, **pair}
 
 
-def explanation_record(e: Explanation, top_words: int) -> dict:
+def explanation_record(e: Explanation, top_words: int, is_pair: bool = False) -> dict:
+    """The classification, the ``top_words`` words of highest attention (with the text they
+    are in, 0 or 1, for a pair model), the evidence and the nearest prototypes, each with its
+    exemplar: what ``protolm explain`` prints, as plain JSON-able data."""
     record = classification_record(e.classification)
     words = sorted(e.weights, key=lambda w: -w.weight)[:top_words]
-    record["top_words"] = [{"word": w.text, "weight": round(w.weight, 4), "segment": w.segment} for w in words]
+    record["top_words"] = [{"word": w.text, "weight": round(w.weight, 4), **({"segment": w.segment} if is_pair else {})} for w in words]
     if e.evidence is not None:
         ev = e.evidence
 
@@ -561,7 +565,7 @@ def run(config: PredictConfig) -> Summary:
 
 
 def describe(summary: Summary) -> str:
-    line = f"{summary.output}: {summary.rows:,} rows in {summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s)"
+    line = f"{summary.output}: {summary.rows:,} rows in {summary.seconds:.1f} s, loading included ({summary.rows_per_second:,.1f} rows/s)"
     if summary.resumed_from:
         line += f", after the {summary.resumed_from:,} rows already there"
     if summary.skipped:
