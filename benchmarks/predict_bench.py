@@ -61,15 +61,15 @@ def timed_predict(bundle: str, source: Path, output: Path, extra: list[str]) -> 
     command = [sys.executable, "-m", "cli.main", "predict", bundle, str(source), str(output), "--overwrite", "--progress", "false", *extra]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
-    # CPU of the command and the processes it waited for (Ray's workers count only as far as
-    # Ray's own processes reap them: a lower bound there)
-    cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_before
+    # CPU of the command and the processes it waited for; not of Ray's workers, which Ray's
+    # own processes start and end, so no figure for Ray
+    cpu = None if "--ray" in extra else cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_before
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     with open(output) as handle:
         labels = [json.loads(line)["label"] for line in handle]
     return {"seconds": seconds, "rows": len(labels), "rows_per_second": len(labels) / seconds, "cpu_seconds": cpu,
-            "rows_per_cpu_second": len(labels) / cpu, "load_average": load_average, "labels": labels}
+            "rows_per_cpu_second": cpu and len(labels) / cpu, "load_average": load_average, "labels": labels}
 
 
 def serve(bundle: str, port: int, log_path: Path) -> subprocess.Popen:
@@ -97,8 +97,10 @@ def serve(bundle: str, port: int, log_path: Path) -> subprocess.Popen:
 
 
 def describe(phase: dict) -> str:
-    return (f"{phase['rows']:,} rows in {phase['seconds']:.1f} s = {phase['rows_per_second']:.1f} rows/s; "
-            f"{phase['cpu_seconds']:.0f} CPU-s = {phase['rows_per_cpu_second']:.0f} rows per CPU-second (load {phase['load_average']:.1f})")
+    line = f"{phase['rows']:,} rows in {phase['seconds']:.1f} s = {phase['rows_per_second']:.1f} rows/s"
+    if phase["cpu_seconds"] is not None:
+        line += f"; {phase['cpu_seconds']:.0f} CPU-s = {phase['rows_per_cpu_second']:.0f} rows per CPU-second"
+    return f"{line} (load {phase['load_average']:.1f})"
 
 
 def main() -> None:
