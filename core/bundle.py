@@ -110,6 +110,13 @@ class Variant:
     agreement: float | None  # share of validation predictions equal to the PyTorch model's
     servable: bool
     measured_on: str | None = None  # execution provider of the measurement
+    # PyTorch's validation accuracy minus this variant's (a share, like accuracy; negative: it gained)
+    accuracy_drop: float | None = None
+    # Of the validation set's explanations, the mean share of the top-5 tokens by token
+    # attention and of the top-3 prototypes by similarity that this variant keeps, against fp32.
+    token_overlap: float | None = None
+    prototype_overlap: float | None = None
+    recipe: str | None = None  # how the graph was derived from model.onnx
 
 
 @dataclass(frozen=True)

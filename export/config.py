@@ -12,6 +12,7 @@ from core.options import option
 class ExportConfig:
     variants: str = option("optimized,int8,fp16", "comma-separated variants to build besides fp32: optimized, int8 (CPU), fp16 (GPU); empty for none")
     min_agreement: float = option(0.99, "a variant is servable when its predictions agree with the PyTorch model's on at least this share of the validation set")
+    max_accuracy_drop: float = option(0.003, "a variant is servable only when its validation accuracy is also at most this far below the PyTorch model's (0.003: 0.3 points)")
     example_index: str = option("flat", "index over the training examples: flat (exact), ivf or hnsw (approximate, for large training sets)", choices=INDEX_KINDS)
     ivf_nprobe: int = option(16, "IVF lists searched per query")
     hnsw_m: int = option(32, "HNSW neighbours per node")

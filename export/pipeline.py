@@ -173,7 +173,7 @@ def _write_bundle(directory: Path, model_dir: Path, model: ProtoLM, training: Tr
 
     batches = length_sorted_batches(tokenizer, validation, graph_inputs(model), config.batch_size)
     variant_entries = build_variants(
-        directory, variants, model, batches, validation.labels, reference.labels, config.min_agreement, config.progress
+        directory, variants, model, batches, validation.labels, reference.labels, config.min_agreement, config.progress, config.max_accuracy_drop
     )
 
     write_index(build_index(prototypes, metric), directory / PROTOTYPE_INDEX_FILE)

@@ -54,7 +54,8 @@ def test_fp32_variants_agree_on_500_sst2_sentences(bundle, validation, reference
 
 
 def test_int8_keeps_nearly_every_decision_and_is_served_only_above_the_goal(bundle, validation, reference):
-    """int8 is the CPU's first choice only where it agreed with PyTorch on >= 99% at export.
+    """int8 is the CPU's first choice only where it agreed with PyTorch on >= 99% at export and
+    lost at most 0.3 points of accuracy.
 
     On this 1-epoch, 2,000-example model int8 agrees on about 98-99%: its logits are small
     differences of large prototype sums and 6% of SST-2 validation sits within 0.02 of p=0.5.
@@ -62,7 +63,7 @@ def test_int8_keeps_nearly_every_decision_and_is_served_only_above_the_goal(bund
     agreement = (served_labels(bundle, "int8", validation) == reference).mean()
     assert agreement >= 0.97
     int8 = next(v for v in bundle.manifest.variants if v.name == "int8")
-    assert int8.agreement >= 0.97 and int8.servable == (int8.agreement >= 0.99)
+    assert int8.agreement >= 0.97 and int8.servable == (int8.agreement >= 0.99 and int8.accuracy_drop <= 0.003)
     assert (bundle.choose_variant("cpu").name == "int8") == int8.servable
 
 
@@ -73,7 +74,8 @@ def test_manifest_records_measured_variants_and_metrics(bundle, trained_sst2_mod
     assert list(variants) == ["fp32", "optimized", "int8", "fp16"]
     assert variants["fp32"].agreement == variants["optimized"].agreement == 1.0
     for variant in variants.values():
-        assert variant.servable == (variant.agreement >= 0.99)
+        assert variant.servable == (variant.agreement >= 0.99 and variant.accuracy_drop <= 0.003)
+        assert 0.8 <= variant.token_overlap <= 1 and 0.7 <= variant.prototype_overlap <= 1
     assert bundle.choose_variant("cpu").name == ("int8" if variants["int8"].servable else "optimized")
     assert abs(variants["int8"].accuracy - variants["fp32"].accuracy) <= 0.02
     assert bundle.smoke_test()
