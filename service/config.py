@@ -116,7 +116,7 @@ class PredictConfig:
     max_padding: float = option(0.25, "largest share of a batch's tokens that may be padding; longer inputs start a new batch", env="PROTOLM_PREDICT_MAX_PADDING")
     device: str = option("auto", "auto (GPU when ONNX Runtime has CUDA), cpu or gpu", choices=("auto", "cpu", "gpu"))
     variant: str | None = option(None, "bundle variant to run (fp32, optimized, int8, fp16); default: best servable for the device")
-    intra_op_threads: int = option(0, "ONNX Runtime threads inside one operator (0: one per core; on Ray: the actor's CPUs)")
+    intra_op_threads: int = option(0, "ONNX Runtime threads inside one operator (0: the cores divided among --workers; on Ray: the actor's CPUs)")
     progress: bool = option(True, "show progress on stderr")
     ray: str | None = option(None, "run on Ray through Ray Data: `auto` (the cluster `ray start` made), `local` (start one here) or an address such as ray://head:10001")
     ray_actors: int = option(0, "Ray actors, each holding one bundle (0: one per --ray-cpus-per-actor CPUs of the cluster)")

@@ -505,7 +505,9 @@ def local_records(config: PredictConfig, source: InputFile, start: int) -> Itera
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    predictor = Predictor(config)
+    # the workers share the cores: ONNX Runtime threads that outnumber them only spin
+    threads = config.intra_op_threads or max(1, (os.cpu_count() or 1) // config.workers)
+    predictor = Predictor(config, intra_op_threads=threads)
     with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="protolm-predict") as pool:
         pending: deque = deque()
         for window in windows(source.rows(start), config.window):
