@@ -82,7 +82,9 @@ class ServedBundle:
             if variant is None:
                 raise ConfigError(f"variant {preferred!r} is not in this bundle; it has {', '.join(by_name)}")
             if not variant.servable:
-                raise ConfigError(f"variant {preferred!r} is not servable: its predictions agree with the PyTorch model's on {variant.agreement:.2%} of the validation set")
+                lost = "" if variant.accuracy_drop is None else f" and it lost {100 * variant.accuracy_drop:.2f} points of accuracy"
+                raise ConfigError(f"variant {preferred!r} is not servable: its predictions agree with the PyTorch model's on {variant.agreement:.2%} "
+                                  f"of the validation set{lost}")
             if variant.device not in ("any", device):
                 raise ConfigError(f"variant {preferred!r} is built for the {variant.device}, not the {device}")
             return variant
