@@ -62,7 +62,8 @@ class _Pending:
 
 def length_sorted_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int, max_padding: float = 1.0) -> list[list[int]]:
     """Positions of ``lengths`` cut into length-sorted batches within the size, padded-token
-    and padding-share limits (the batcher's and ``protolm predict``'s batches).
+    and padding-share limits: ``protolm predict``'s batches of a window of rows (the batcher
+    takes one such batch at a time, :func:`batch_around`).
 
     A batch is also closed when the next (longer) input would make padding more than
     ``max_padding`` of its tokens: several tight batches run faster than one padded batch.
