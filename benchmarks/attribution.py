@@ -19,6 +19,7 @@ its entry and keeps the others:
 
     python benchmarks/attribution.py runs/models/sst2 runs/models/sst5 runs/models/mrpc runs/models/imdb \\
         --samples 100 --samples-for imdb=40 --timed 20 --steps 50
+    python benchmarks/attribution.py --table     # the results file as docs/results.md's table
 """
 
 from __future__ import annotations
@@ -61,13 +62,30 @@ def load_test_data(model_dir: Path, label_names: list[str], samples: int, seed: 
     from protolm.data import DataSource, load_split, validation_split_name
     from protolm.pipeline import training_data_config
 
-    task = training_data_config(model_dir).task
+    # a model still being evaluated by `protolm train` has no training record yet: its folder names the task
+    task = training_data_config(model_dir).task if (model_dir / "training.json").is_file() else model_dir.parent.name
     source = DataSource(task=task, data_dir=os.environ.get("PROTOLM_DATA_DIR"))
     split = validation_split_name(source)
     return task, load_split(source, split, label_names=label_names).sample(samples, seed)
 
 
-def time_methods(model, bundle_dir: Path, data, count: int, steps: int, threads: int) -> dict:
+def load_bundle(bundle_dir: Path, wait_seconds: float):
+    """The served bundle; while ``wait_seconds`` last, a bundle not (completely) written yet is
+    waited for, so that faithfulness can start while `protolm export` still runs."""
+    from core.errors import BundleError
+    from service.served_bundle import ServedBundle
+
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return ServedBundle.load(bundle_dir)
+        except BundleError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(15)
+
+
+def time_methods(model, bundle_dir: Path, data, count: int, steps: int, threads: int, bundle_wait: float = 0.0) -> dict:
     """Per-sentence wall and CPU seconds of each method, round-robin over the first ``count``
     sentences of ``data``, after one untimed warm-up sentence."""
     import torch
@@ -78,9 +96,8 @@ def time_methods(model, bundle_dir: Path, data, count: int, steps: int, threads:
         integrated_gradients_scores,
     )
     from service.backend import OnnxBackend
-    from service.served_bundle import ServedBundle
 
-    bundle = ServedBundle.load(bundle_dir)
+    bundle = load_bundle(bundle_dir, bundle_wait)
     session = bundle.session(bundle.choose_variant(preferred="fp32"), options=OnnxBackend.session_options(intra_op_threads=threads))
 
     def inputs(i):
@@ -119,7 +136,8 @@ def time_methods(model, bundle_dir: Path, data, count: int, steps: int, threads:
     }
 
 
-def run_task(task_dir: Path, samples: int, timed: int, steps: int, threads: int, rankings: tuple[str, ...], seed: int) -> dict:
+def run_task(task_dir: Path, samples: int, timed: int, steps: int, threads: int, rankings: tuple[str, ...], seed: int,
+             bundle_wait: float = 0.0) -> dict:
     from protolm.faithfulness import evaluate_faithfulness, integrated_gradients_scores
     from protolm.model import load_model
 
@@ -133,7 +151,7 @@ def run_task(task_dir: Path, samples: int, timed: int, steps: int, threads: int,
                  "integrated_gradients_l2": partial(integrated_gradients_scores, steps=steps, norm=True)},
     )
     faithfulness_seconds = (time.perf_counter() - wall, _cpu_seconds() - cpu)
-    timing = time_methods(model, task_dir / "bundle", data, timed, steps, threads)
+    timing = time_methods(model, task_dir / "bundle", data, timed, steps, threads, bundle_wait)
     result = {
         "task": task,
         "model": str(task_dir / "model"),
@@ -167,6 +185,42 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+LABELS = {
+    "attention": "attention (proto-lm's own)",
+    "gradient_x_input": "gradient×input (L2)",
+    "integrated_gradients": "Integrated Gradients (signed)",
+    "integrated_gradients_l2": "Integrated Gradients (L2)",
+    "random": "random",
+}
+COSTS = {"attention": "attention", "gradient_x_input": "gradient_x_input", "integrated_gradients": "integrated_gradients"}
+
+
+def markdown_table(tasks: list[dict]) -> str:
+    """The results file as the Markdown table of docs/results.md: AOPC and @20% per ranking,
+    and the median cost per sentence (wall and CPU), Explain's in the ranking-free row."""
+    lines = [
+        "| task | ranking | comprehensiveness AOPC ↑ | @20% ↑ | sufficiency AOPC ↓ | @20% ↓ | ms per sentence, wall | ms per sentence, CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for task in tasks:
+        f, wall, cpu = task["faithfulness"], task["timing"]["wall"], task["timing"]["cpu"]
+        at20 = f["fractions"].index(0.2)
+        for ranking, values in f["comprehensiveness"].items():
+            cost = COSTS.get(ranking)
+            cells = [
+                f"{task['aopc']['comprehensiveness'][ranking]:.3f}",
+                f"{values[at20]:.3f}",
+                f"{task['aopc']['sufficiency'][ranking]:.3f}",
+                f"{f['sufficiency'][ranking][at20]:.3f}",
+                f"{wall[cost]['median_ms']:.0f}" if cost else "–",
+                f"{cpu[cost]['median_ms']:.0f}" if cost else "–",
+            ]
+            lines.append(f"| {task['task']} | {LABELS.get(ranking, ranking)} | " + " | ".join(cells) + " |")
+        explain = "explain_onnx_fp32"
+        lines.append(f"| {task['task']} | served Explain (ONNX fp32, attention) | | | | | {wall[explain]['median_ms']:.0f} | {cpu[explain]['median_ms']:.0f} |")
+    return "\n".join(lines)
+
+
 def write_result(path: Path, result: dict) -> None:
     """Adds ``result`` to the file's tasks, replacing an earlier result for the same task."""
     tasks = json.loads(path.read_text())["tasks"] if path.is_file() else []
@@ -182,7 +236,7 @@ def parse_samples_for(text: str) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("task_dirs", nargs="+", type=Path, help="directories holding model/ and bundle/")
+    parser.add_argument("task_dirs", nargs="*", type=Path, help="directories holding model/ and bundle/")
     parser.add_argument("--samples", type=int, default=100, help="test examples per task for faithfulness")
     parser.add_argument("--samples-for", type=parse_samples_for, default={}, help="per-task overrides, e.g. imdb=40")
     parser.add_argument("--timed", type=int, default=20, help="sentences timed per task, one at a time")
@@ -190,15 +244,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="threads for PyTorch and ONNX Runtime alike")
     parser.add_argument("--rankings", default=",".join(RANKINGS), help="comma-separated faithfulness rankings")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bundle-wait", type=float, default=0.0, help="seconds to wait for a bundle still being exported")
     parser.add_argument("--output", type=Path, default=Path("docs/results/attribution.json"))
+    parser.add_argument("--table", action="store_true", help="print the results file as a Markdown table and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(args.output.read_text())["tasks"]))
+        return 0
+    if not args.task_dirs:
+        parser.error("give at least one task directory (or --table)")
 
     import torch
 
     torch.set_num_threads(args.threads)
     for task_dir in args.task_dirs:  # each task written when done, so that a long run keeps what it has
         samples = args.samples_for.get(task_dir.name, args.samples)
-        result = run_task(task_dir, samples, args.timed, args.steps, args.threads, tuple(args.rankings.split(",")), args.seed)
+        result = run_task(task_dir, samples, args.timed, args.steps, args.threads, tuple(args.rankings.split(",")), args.seed,
+                          args.bundle_wait)
         run = {
             "command": " ".join(["python", "benchmarks/attribution.py", *(argv if argv is not None else sys.argv[1:])]),
             "steps": args.steps,
