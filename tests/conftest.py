@@ -73,8 +73,8 @@ def announce(request, message: str) -> None:
     """A line on the terminal, through pytest's output capture: a long fixture says what it does."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line("")
-        reporter.write_line(message)
+        reporter.ensure_newline()
+        reporter.write(message + "\n", flush=True)  # flushed: stdout may be a file or a pipe
 
 
 @pytest.fixture(scope="session")
