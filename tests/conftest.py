@@ -72,9 +72,11 @@ def make_model(tiny_encoder_dir):
 def announce(request, message: str) -> None:
     """A line on the terminal, through pytest's output capture: a long fixture says what it does."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.ensure_newline()
-        reporter.write(message + "\n", flush=True)  # flushed: stdout may be a file or a pipe
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.ensure_newline()
+            reporter.write(message + "\n", flush=True)  # flushed: stdout may be a file or a pipe
 
 
 @pytest.fixture(scope="session")
