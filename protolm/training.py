@@ -161,8 +161,8 @@ def _tidy_progress():
     return TidyProgress()
 
 
-def warn_if_too_small(train: TextClassificationData, validation: TextClassificationData, num_prototypes: int | None) -> list[str]:
-    """Warnings (not errors) for data too small for the configuration; returns them."""
+def warn_if_too_small(train: TextClassificationData, validation: TextClassificationData, num_prototypes: int | None) -> None:
+    """Warnings (not errors) for data too small for the configuration."""
     warnings = []
     if num_prototypes is not None and len(train) < num_prototypes:
         warnings.append(f"{len(train)} training examples for {num_prototypes} prototypes: prototypes will share exemplars; "
@@ -172,7 +172,6 @@ def warn_if_too_small(train: TextClassificationData, validation: TextClassificat
                         f"and the choice of the best epoch, say little")
     for warning in warnings:
         log.warning("%s", warning)
-    return warnings
 
 
 def _trainer_class():

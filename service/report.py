@@ -48,8 +48,7 @@ def _map(bundle: ServedBundle, config: ReportConfig, notes: list[str]) -> Encodi
         examples = bundle.example_index()
         ids = sample_ids(examples.ntotal, config.map_sample, config.seed)
         encodings = reconstruct(examples, ids)
-        prototypes = bundle.prototype_index()
-        prototype_vectors = reconstruct(prototypes, np.arange(prototypes.ntotal))
+        prototype_vectors = bundle.prototype_vectors
     except RuntimeError as exc:
         notes.append(f"The indexes do not give their vectors back ({exc}), so there is no map of the training encodings.")
         return None

@@ -121,8 +121,9 @@ class ServedBundle:
         """FAISS index over the training examples' pooled encodings; id = row of the example store."""
         return self._read_index(self.manifest.indexes.examples)
 
+    @functools.cached_property
     def prototype_vectors(self) -> np.ndarray:
-        """The prototypes as the index holds them (unit length under a cosine metric)."""
+        """The prototypes as the index holds them (unit length under a cosine metric); read once."""
         index = self.prototype_index()
         return index.reconstruct_n(0, index.ntotal)
 
@@ -134,7 +135,7 @@ class ServedBundle:
             chunk = exemplars[start : start + batch_size]
             feeds = self.encode([e.text for e in chunk], [e.text_pair or "" for e in chunk] if self.manifest.is_pair else None)
             pooled.append(session.run(["pooled"], feeds)[0])
-        prototypes = self.prototype_vectors()[[e.prototype for e in exemplars]]
+        prototypes = self.prototype_vectors[[e.prototype for e in exemplars]]
         return self.manifest.metric.row_distances(np.concatenate(pooled), prototypes)
 
     def _check_exemplars(self, variant: Variant, session) -> str:
@@ -145,7 +146,7 @@ class ServedBundle:
             return f"{variant.file}: exemplar encodings at distance <= {measured.max():.2g} from their prototypes (reduced precision, not checked)"
         pushed = self.manifest.architecture.prototypes_pushed
         expected = np.zeros_like(measured) if pushed else np.array([e.distance for e in self.exemplars])
-        tolerance = self.manifest.metric.push_tolerance(self.prototype_vectors())[[e.prototype for e in self.exemplars]]
+        tolerance = self.manifest.metric.push_tolerance(self.prototype_vectors)[[e.prototype for e in self.exemplars]]
         worst = int(np.argmax(np.abs(measured - expected) - tolerance))
         if abs(measured[worst] - expected[worst]) > tolerance[worst]:
             exemplar = self.exemplars[worst]

@@ -213,7 +213,7 @@ def test_pushed_prototypes_are_their_exemplars_encodings(tiny_bundle, tiny_model
 def test_verify_fails_when_a_prototype_is_not_its_exemplar(bundle_copy, capsys):
     import faiss
 
-    vectors = Bundle.load(bundle_copy).prototype_vectors()
+    vectors = Bundle.load(bundle_copy).prototype_vectors.copy()
     moved = vectors[2] + 0.05 * np.random.default_rng(0).standard_normal(vectors.shape[1]).astype(np.float32)
     vectors[2] = moved / np.linalg.norm(moved)
     index = faiss.IndexFlatIP(vectors.shape[1])
