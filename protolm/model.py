@@ -84,8 +84,9 @@ class EncoderClassifier(nn.Module):
     def hidden_size(self) -> int:
         return self.encoder.config.hidden_size
 
-    def tokenize(self, texts: list[str], text_pairs: list[str] | None = None, max_length: int | None = None):
-        """Batch encoding padded to the longest input, truncated to ``max_length`` tokens."""
+    def tokenize(self, texts: list[str], text_pairs: list[str] | None = None, max_length: int | None = None, pad: bool = True):
+        """Batch encoding truncated to ``max_length`` tokens: tensors padded to the longest
+        input, or (``pad=False``) one list of ids per input."""
         if text_pairs is not None and not self.config.is_pair:
             raise ConfigError("this model classifies single texts; it was given text pairs")
         if text_pairs is None and self.config.is_pair:
@@ -95,8 +96,8 @@ class EncoderClassifier(nn.Module):
             text_pairs,
             truncation=True,
             max_length=max_length or self.config.max_length,
-            padding=True,
-            return_tensors="pt",
+            padding=pad,
+            return_tensors="pt" if pad else None,
             split_special_tokens=True,  # "[SEP]" typed in a text is text, as in the served bundle
         )
         if not self.config.uses_token_type_ids:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from protolm.config import DataConfig, ModelOptions, TrainConfig
 from protolm.data import DataSource, TextClassificationData, default_max_length, load_split, validation_split_name
@@ -61,31 +61,58 @@ def load_train_validation(config: DataConfig, seed: int) -> tuple[TextClassifica
     return train.sample(config.max_train_samples, seed), validation.sample(config.max_eval_samples, seed)
 
 
-class ExampleDataset(Dataset):
-    """Index access to examples; tokenisation happens per batch in :class:`BatchCollator`."""
+class TokenizedDataset(Dataset):
+    """Examples tokenised once, unpadded: each item holds its ``input_ids`` (whose lengths the
+    length-grouped sampler reads), the other encoder inputs and its label."""
 
-    def __init__(self, data: TextClassificationData):
-        self.data = data
+    def __init__(self, model: EncoderClassifier, data: TextClassificationData):
+        encoded = model.tokenize(list(data.texts), list(data.text_pairs) if data.is_pair else None, pad=False)
+        self.columns = {name: encoded[name] for name in encoded}
+        self.labels = data.labels
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.labels)
 
     def __getitem__(self, index: int) -> dict:
-        pair = self.data.text_pairs[index] if self.data.is_pair else None
-        return {"text": self.data.texts[index], "text_pair": pair, "label": int(self.data.labels[index])}
+        return {**{name: values[index] for name, values in self.columns.items()}, "labels": int(self.labels[index])}
 
 
-class BatchCollator:
-    """Tokenises a batch, padded to its longest member rather than to ``max_length``."""
+class LengthBucketSampler(Sampler[int]):
+    """Batches of similar length in random order: a random permutation is cut into windows of
+    ``window_batches`` batches, each window is sorted by length and cut into batches, and the
+    batches of the whole epoch are shuffled. Batches pad little, and unlike Hugging Face's
+    length-grouped sampler (longest to shortest within each window) their lengths do not
+    drift along the epoch: that drift cost 4 points on SST-2 at 2,000 sentences."""
+
+    def __init__(self, lengths: list[int], batch_size: int, window_batches: int = 50):
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size = batch_size
+        self.window = batch_size * window_batches
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths))  # the global generator, seeded like Trainer's own sampler
+        batches = []
+        for start in range(0, len(order), self.window):
+            window = order[start : start + self.window]
+            window = window[torch.argsort(self.lengths[window], stable=True)]
+            batches.extend(window.split(self.batch_size))
+        for position in torch.randperm(len(batches)).tolist():
+            yield from batches[position].tolist()
+
+
+class PaddingCollator:
+    """Pads a batch to its longest member rather than to ``max_length``."""
 
     def __init__(self, model: EncoderClassifier):
-        self.model = model
+        self.tokenizer = model.tokenizer
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        pairs = [e["text_pair"] for e in examples] if self.model.config.is_pair else None
-        batch = dict(self.model.tokenize([e["text"] for e in examples], pairs))
-        batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
-        return batch
+        labels = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+        batch = dict(self.tokenizer.pad([{k: v for k, v in e.items() if k != "labels"} for e in examples], return_tensors="pt"))
+        return {**batch, "labels": labels}
 
 
 @dataclass(frozen=True)
@@ -180,10 +207,17 @@ def _trainer_class():
     class ProtoLMTrainer(Trainer):
         """Trainer with proto-lm's loss and separate encoder / head learning rates."""
 
-        def __init__(self, *args, objective_spec: ObjectiveSpec, head_learning_rate: float, **kwargs):
+        def __init__(self, *args, objective_spec: ObjectiveSpec, head_learning_rate: float, group_by_length: bool, **kwargs):
             super().__init__(*args, **kwargs)
             self.objective_spec = objective_spec
             self.head_learning_rate = head_learning_rate
+            self.group_by_length = group_by_length
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if not self.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            return LengthBucketSampler([len(ids) for ids in dataset.columns["input_ids"]], self.args.train_batch_size)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
@@ -281,13 +315,14 @@ def train_model(
     trainer = _trainer_class()(
         model=model,
         args=args,
-        train_dataset=ExampleDataset(train),
-        eval_dataset=ExampleDataset(validation),
-        data_collator=BatchCollator(model),
+        train_dataset=TokenizedDataset(model, train),
+        eval_dataset=TokenizedDataset(model, validation),
+        data_collator=PaddingCollator(model),
         compute_metrics=accuracy_metric,
         callbacks=callbacks,
         objective_spec=spec,
         head_learning_rate=optim.head_learning_rate,
+        group_by_length=optim.group_by_length,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

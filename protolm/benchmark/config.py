@@ -13,8 +13,10 @@ RESULTS_DIR = "docs/results"
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    suites: str = option("tasks,ablations", "comma-separated suites to run: tasks (8 tasks, both models), ablations (SST-2, proto-lm)")
-    tasks: str | None = option(None, "comma-separated tasks of the task suite (default: sst2,sst5,rte,wnli,mrpc,imdb,qnli,mnli)")
+    suites: str = option("tasks,ablations,curves", "comma-separated suites to run: tasks (8 tasks, both models), ablations (SST-2, proto-lm), "
+                         "curves (both models at 500 to 8,000 training examples on SST-2, SST-5 and MRPC), "
+                         "full-data (both models on all of SST-2 and IMDb, 1 epoch: hours on a CPU)")
+    tasks: str | None = option(None, "comma-separated tasks (default: every task of each suite: sst2,sst5,rte,wnli,mrpc,imdb,qnli,mnli for tasks)")
     profile: str = option("cpu", "budgets: cpu (seeded subsets, 1-2 epochs) or full (every training example, 3 epochs)", choices=tuple(PROFILES))
     encoder: str = option(DEFAULT_ENCODER, "encoder of both models: packaged name, local directory or hub name")
     results_dir: str = option(f"{RESULTS_DIR}/runs", "one JSON result file per run; existing ok results are not run again")

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 ACCURACY_PLOT = "accuracy_vs_prototypes.png"
 PCA_PLOT = "encodings_pca_{similarity}.png"
 PCA_POINTS = 2000
+CURVE_PLOT = "learning_curves.png"
 
 
 def _pyplot():
@@ -53,6 +54,36 @@ def accuracy_vs_prototypes(records: list[dict], path: Path) -> Path | None:
     handles = axis.get_legend_handles_labels()[0] + purity_axis.get_legend_handles_labels()[0]
     axis.legend(handles, ["validation accuracy", "prototype purity"], loc="lower right")
     axis.set_title("proto-lm on SST-2: accuracy and purity against N")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def learning_curves(records: list[dict], path: Path) -> Path | None:
+    """Accuracy against training size for both heads, one panel per task, mean and spread over seeds."""
+    from protolm.benchmark.report import MODEL_NAMES, curve_rows
+
+    rows = curve_rows(records)
+    tasks = list(dict.fromkeys(row["task"] for row in rows))
+    if not tasks:
+        log.warning("no learning-curve run finished; %s not drawn", path.name)
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        for architecture, style in (("protolm", "o-"), ("baseline", "s--")):
+            points = [(row["examples"], 100 * np.array(row["accuracy"][architecture])) for row in rows
+                      if row["task"] == task and row["accuracy"][architecture]]
+            sizes = [n for n, _ in points]
+            means = [a.mean() for _, a in points]
+            spread = [a.std() for _, a in points]
+            axis.errorbar(sizes, means, yerr=spread, fmt=style, capsize=3, label=MODEL_NAMES[architecture])
+        axis.set_xscale("log")
+        axis.set_xlabel("training examples (log scale), 1 epoch")
+        axis.set_ylabel("test accuracy (%)")
+        axis.set_title(task)
+        axis.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -111,7 +142,7 @@ def encodings_pca(record: dict, path: Path) -> Path:
 
 def draw_plots(records: list[dict], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    drawn = [accuracy_vs_prototypes(records, directory / ACCURACY_PLOT)]
+    drawn = [accuracy_vs_prototypes(records, directory / ACCURACY_PLOT), learning_curves(records, directory / CURVE_PLOT)]
     kept = [r for r in records if r["spec"]["suite"] == "ablations" and r["status"] == OK
             and r.get("model_dir") and Path(r["model_dir"]).is_dir()]
     if not kept:

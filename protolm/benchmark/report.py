@@ -59,9 +59,9 @@ def majority_share(confusion: list[list[int]]) -> float:
     return max(counts) / sum(counts)
 
 
-def task_rows(records: list[dict]) -> list[dict]:
-    """One row per task: both models' accuracy and macro-F1 over their ok seeds."""
-    tasks = [r for r in records if r["spec"]["suite"] == "tasks"]
+def task_rows(records: list[dict], suite: str = "tasks") -> list[dict]:
+    """One row per task of ``suite``: both models' accuracy and macro-F1 over their ok seeds."""
+    tasks = [r for r in records if r["spec"]["suite"] == suite]
     ok = _by([r for r in tasks if r["status"] == OK], "task", "architecture")
     rows = []
     for task in TASK_ORDER:
@@ -76,13 +76,13 @@ def task_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def accuracy_table(records: list[dict]) -> str:
+def accuracy_table(records: list[dict], suite: str = "tasks") -> str:
     lines = [
         "| task | protocol | train examples × epochs | test examples | seeds | proto-lm accuracy | baseline accuracy | Δ (points) | proto-lm macro-F1 | baseline macro-F1 | verdict | majority class | minutes per run (proto-lm / baseline) |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     notes = []
-    for row in task_rows(records):
+    for row in task_rows(records, suite):
         runs = row["runs"]
         any_run = next((r for a in ARCHITECTURES for r in runs[a]), None)
         if any_run is None:
@@ -109,6 +109,46 @@ def accuracy_table(records: list[dict]) -> str:
             f"| {_verdict_cell(row, majority)} | {100 * majority:.1f} | {minutes} |"
         )
     return "\n".join(lines + ([""] + notes if notes else []))
+
+
+CURVE_TOLERANCE_POINTS = 0.5  # proto-lm's mean may trail the baseline's by this much at a budget
+
+
+def curve_rows(records: list[dict]) -> list[dict]:
+    """One row per (task, training size) of the curves suite, sizes ascending (all data last)."""
+    ok = _by([r for r in records if r["spec"]["suite"] == "curves" and r["status"] == OK], "task", "architecture")
+    rows = []
+    for task in TASK_ORDER:
+        sizes: dict[int | None, dict[str, list[dict]]] = defaultdict(lambda: {a: [] for a in ARCHITECTURES})
+        for architecture in ARCHITECTURES:
+            for record in ok.get((task, architecture), []):
+                sizes[record["spec"]["budget"]["train_samples"]][architecture].append(record)
+        for size in sorted(sizes, key=lambda n: float("inf") if n is None else n):
+            runs = sizes[size]
+            any_run = next(r for a in ARCHITECTURES for r in runs[a])
+            accuracy = {a: [r["accuracy"] for r in runs[a]] for a in ARCHITECTURES}
+            row = {"task": task, "size": size, "examples": any_run["data"]["train"]["examples"], "runs": runs, "accuracy": accuracy}
+            if all(accuracy.values()):
+                row["delta"] = 100 * (statistics.mean(accuracy["protolm"]) - statistics.mean(accuracy["baseline"]))
+            rows.append(row)
+    return rows
+
+
+def curve_table(records: list[dict]) -> str:
+    lines = [
+        "| task | training examples | seeds (proto-lm / baseline) | proto-lm accuracy | baseline accuracy | Δ (points) | "
+        f"proto-lm ≥ baseline − {CURVE_TOLERANCE_POINTS:g} |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for row in curve_rows(records):
+        delta = row.get("delta")
+        holds = "–" if delta is None else ("yes" if delta >= -CURVE_TOLERANCE_POINTS else "**no**")
+        seeds = " / ".join(str(len(row["accuracy"][a])) for a in ARCHITECTURES)
+        lines.append(
+            f"| {row['task']} | {row['examples']:,} | {seeds} | {_mean_std(row['accuracy']['protolm'])} "
+            f"| {_mean_std(row['accuracy']['baseline'])} | {'–' if delta is None else f'{delta:+.1f}'} | {holds} |"
+        )
+    return "\n".join(lines)
 
 
 def _verdict_cell(row: dict, majority: float) -> str:
@@ -218,6 +258,10 @@ def render(records: list[dict]) -> str:
         "better) or kept alone (sufficiency, lower is better). AOPC is the mean over 1/5/10/20/50%. proto-lm is ranked by "
         "its token attention, the baseline by gradient×input; each model is measured on its own predictions.",
         faithfulness_table(records),
+        "## Full data (every training example, 1 epoch, 1 seed)",
+        accuracy_table(records, "full-data"),
+        "## Learning curves (1 epoch; mean ± standard deviation over seeds)",
+        curve_table(records),
         "## Ablations (SST-2, proto-lm)",
         ablation_table(records),
         "## Faithfulness by fraction",

@@ -56,6 +56,20 @@ ABLATIONS: tuple[tuple[str, str, dict], ...] = (
 )
 PUSH_OVERRIDES = frozenset({"push"})  # options of OptimConfig rather than ModelOptions
 
+# Learning curves: both heads at growing training budgets, 1 epoch, the whole test split, no
+# faithfulness; 3 seeds up to CURVE_SEEDED_UP_TO examples, 1 above. None: the whole training split.
+CURVE_SIZES: dict[str, tuple[int | None, ...]] = {
+    "sst2": (500, 1000, 2000, 4000, 8000),
+    "sst5": (500, 1000, 2000, 4000, 8000),
+    "mrpc": (500, 1000, 2000, None),  # 3,668 in all
+}
+CURVE_SEEDED_UP_TO = 2000
+CURVE_SEEDS = 3
+# Full data on the CPU: every training example, 1 epoch, 1 seed, both heads, the whole test split.
+FULL_DATA_TASKS = ("sst2", "imdb")
+FULL_DATA_BUDGET = TaskBudget(None, 1, 1, faithfulness_samples=100)
+SIZED_SUITES = ("curves", "full-data")  # suites whose runs differ by training size
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -73,6 +87,8 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         setting = "default" if not self.overrides else "-".join(f"{k}={v}" for k, v in sorted(self.overrides.items()))
+        if self.suite in SIZED_SUITES:
+            setting = f"train={self.budget.train_samples or 'all'}"
         return f"{self.suite}__{self.task}__{self.architecture}__{setting}__seed{self.seed}".replace("/", "_")
 
     def as_dict(self) -> dict:
@@ -109,13 +125,38 @@ def ablation_suite(profile: str, encoder: str = DEFAULT_ENCODER) -> list[RunSpec
     ]
 
 
+def _curve_seeds(size: int | None) -> int:
+    return CURVE_SEEDS if size is not None and size <= CURVE_SEEDED_UP_TO else 1
+
+
+def curve_suite(profile: str, tasks: list[str] | None = None, encoder: str = DEFAULT_ENCODER) -> list[RunSpec]:
+    """Every task and size at the first seed, then the second and third seeds of the small sizes."""
+    budgets = _profile(profile)
+    names = [t for t in _tasks(tasks) if t in CURVE_SIZES] if tasks else list(CURVE_SIZES)
+    return [
+        RunSpec("curves", task, architecture, BASE_SEED + s, TaskBudget(size, 1, _curve_seeds(size), budgets[task].test_samples, None),
+                encoder, "curve", f"{size:,} examples" if size else "all examples")
+        for s in range(CURVE_SEEDS)
+        for task in names
+        for size in CURVE_SIZES[task]
+        if s < _curve_seeds(size)
+        for architecture in ARCHITECTURES
+    ]
+
+
+def full_data_suite(tasks: list[str] | None = None, encoder: str = DEFAULT_ENCODER) -> list[RunSpec]:
+    names = [t for t in _tasks(tasks) if t in FULL_DATA_TASKS] if tasks else list(FULL_DATA_TASKS)
+    return [RunSpec("full-data", task, architecture, BASE_SEED, FULL_DATA_BUDGET, encoder, "full-data", "all examples")
+            for task in names for architecture in ARCHITECTURES]
+
+
 def _profile(profile: str) -> dict[str, TaskBudget]:
     if profile not in PROFILES:
         raise ConfigError(f"unknown benchmark profile {profile!r}; known: {', '.join(PROFILES)}")
     return PROFILES[profile]
 
 
-SUITES = ("tasks", "ablations")
+SUITES = ("tasks", "ablations", "curves", "full-data")
 
 
 def build_suites(suites: list[str], profile: str, tasks: list[str] | None = None, encoder: str = DEFAULT_ENCODER) -> list[RunSpec]:
@@ -125,4 +166,6 @@ def build_suites(suites: list[str], profile: str, tasks: list[str] | None = None
     task_runs = task_suite(profile, tasks, encoder) if "tasks" in suites else []
     first_seed = [spec for spec in task_runs if spec.seed == BASE_SEED]
     ablations = ablation_suite(profile, encoder) if "ablations" in suites else []
-    return first_seed + ablations + [spec for spec in task_runs if spec.seed != BASE_SEED]
+    curves = curve_suite(profile, tasks, encoder) if "curves" in suites else []
+    full_data = full_data_suite(tasks, encoder) if "full-data" in suites else []
+    return first_seed + ablations + [spec for spec in task_runs if spec.seed != BASE_SEED] + curves + full_data

@@ -18,6 +18,8 @@ from protolm.benchmark.suites import (
     RunSpec,
     TaskBudget,
     build_suites,
+    curve_suite,
+    full_data_suite,
     task_suite,
 )
 from core.errors import ConfigError
@@ -55,6 +57,48 @@ def test_every_task_first_seed_runs_before_any_second_seed_and_ablations_in_betw
     assert sum(k == "ablation" for k in kinds) == len(ABLATIONS)
 
 
+def test_learning_curves_cover_three_tasks_at_growing_sizes_with_three_seeds_up_to_2000():
+    specs = curve_suite("cpu")
+    assert {s.task for s in specs} == {"sst2", "sst5", "mrpc"}
+    assert len({s.run_id for s in specs}) == len(specs)
+    sizes = lambda task: sorted({s.budget.train_samples or 10**9 for s in specs if s.task == task})
+    assert sizes("sst2") == sizes("sst5") == [500, 1000, 2000, 4000, 8000] and sizes("mrpc")[-1] == 10**9
+    for spec in specs:
+        seeds = {s.seed for s in specs if (s.task, s.budget.train_samples, s.architecture) == (spec.task, spec.budget.train_samples, spec.architecture)}
+        assert len(seeds) == (3 if spec.budget.train_samples and spec.budget.train_samples <= 2000 else 1)
+        assert spec.budget.epochs == 1 and spec.budget.faithfulness_samples is None
+        assert f"train={spec.budget.train_samples or 'all'}" in spec.run_id
+    first_later = [s.seed == BASE_SEED for s in specs]
+    assert first_later == sorted(first_later, reverse=True)  # every size at the first seed before any second seed
+    assert [s.task for s in curve_suite("cpu", ["sst5", "rte"])][0] == "sst5" and "rte" not in {s.task for s in curve_suite("cpu", ["sst5", "rte"])}
+
+
+def test_full_data_suite_trains_both_heads_on_every_example():
+    specs = full_data_suite()
+    assert [(s.task, s.architecture) for s in specs] == [("sst2", "protolm"), ("sst2", "baseline"), ("imdb", "protolm"), ("imdb", "baseline")]
+    assert all(s.budget.train_samples is None and s.budget.epochs == 1 and s.run_id.endswith("__train=all__seed42") for s in specs)
+
+
+def test_curve_table_and_plot_from_records(tmp_path):
+    from protolm.benchmark.plots import learning_curves
+    from protolm.benchmark.report import curve_table
+
+    def record(architecture, size, seed, accuracy):
+        budget = TaskBudget(size, 1, 3, None, None)
+        return {"spec": RunSpec("curves", "sst2", architecture, seed, budget).as_dict(), "status": OK, "accuracy": accuracy,
+                "data": {"train": {"name": "sst2:train", "examples": size}}}
+
+    records = [record("protolm", 1000, 42, 0.80), record("protolm", 1000, 43, 0.82), record("baseline", 1000, 42, 0.82),
+               record("baseline", 1000, 43, 0.82), record("protolm", 500, 42, 0.70), record("baseline", 500, 42, 0.74)]
+    rows = curve_table(records).splitlines()[2:]
+    assert rows[0].startswith("| sst2 | 500 | 1 / 1 | 70.0 | 74.0 | -4.0 | **no** |")
+    assert rows[1].startswith("| sst2 | 1,000 | 2 / 2 | 81.0 ± 1.4 | 82.0 ± 0.0 | -1.0 | **no** |")
+    close = curve_table([*records[:4], record("protolm", 1000, 44, 0.845)]).splitlines()[2]
+    assert "| 3 / 2 | 82.2 ± 2.3 | 82.0 ± 0.0 | +0.2 | yes |" in close
+    path = learning_curves(records, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
 def test_unknown_task_suite_or_profile_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown benchmark task"):
         task_suite("cpu", ["sst3"])
@@ -71,7 +115,7 @@ def test_stand_in_protocols_when_the_training_split_is_missing(shared_data_dir):
     assert qnli.train_available + qnli.test_available == 5463  # all of QNLI validation, split 80/20
     again = protocols.load_task_data("qnli", budget, seed=2, data_dir=str(shared_data_dir))
     assert again.splits.test.texts == qnli.splits.test.texts  # the test part does not move with the seed
-    rows = lambda data: set(zip(data.texts, data.text_pairs))  # noqa: E731
+    rows = lambda data: set(zip(data.texts, data.text_pairs))
     assert not rows(qnli.splits.test) & (rows(qnli.splits.train) | rows(again.splits.train))
 
     mnli = protocols.load_task_data("mnli", CPU_BUDGETS["mnli"], seed=1, data_dir=str(shared_data_dir))
