@@ -47,6 +47,7 @@ def _project(model: ProtoLM, train: TextClassificationData, test: TextClassifica
     if config.optim.push:
         test_pooled = predict(model, test, batch).pooled
         report["accuracy_before_push"] = _accuracy_from_pooled(model, test_pooled, test.labels)
+        report["largest_push_distance"] = max(e.distance for e in exemplars)  # how far push moves a prototype
         push(model, train_pooled, train.labels, exemplars, config.optim.push_epochs, config.optim.seed)
         report["accuracy_after_push"] = _accuracy_from_pooled(model, test_pooled, test.labels)
         exemplars = project_prototypes(model, train, train_pooled)

@@ -58,7 +58,9 @@ def test_baseline_and_push(csv_files, tiny_encoder_dir, tmp_path, capsys):
     assert not (tmp_path / "b" / "exemplars.json").exists()
     assert main(["train", *common, "--num-prototypes", "4", "--output-dir", str(tmp_path / "p")]) == 0  # push: the default
     projection = json.loads((tmp_path / "p" / "training.json").read_text())["projection"]
-    assert set(projection) == {"accuracy_before_push", "accuracy_after_push"}
+    assert set(projection) == {"accuracy_before_push", "accuracy_after_push", "largest_push_distance"}
+    exemplars = json.loads((tmp_path / "p" / "exemplars.json").read_text())["exemplars"]
+    assert projection["largest_push_distance"] > 0 and all(e["distance"] < 1e-5 for e in exemplars)  # push moved them onto examples
     assert main(["train", *common, "--num-prototypes", "4", "--push", "false", "--output-dir", str(tmp_path / "n")]) == 0
     assert not json.loads((tmp_path / "n" / "training.json").read_text())["projection"]
 
