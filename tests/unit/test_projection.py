@@ -5,7 +5,7 @@ import torch
 from protolm.data import TextClassificationData
 from protolm.evaluation import prototype_quality
 from protolm.inference import predict
-from protolm.projection import load_exemplars, nearest_examples, project_prototypes, push, save_exemplars
+from protolm.projection import load_exemplars, nearest_examples, project_prototypes, push, retraining_rows, save_exemplars
 
 TEXTS = ["good", "great fun", "bad", "awful mess", "fine acting", "boring plot", "lovely", "terrible", "superb work", "weak"]
 
@@ -62,3 +62,22 @@ def test_push_moves_prototypes_onto_exemplars_and_retrains_last_layer(make_model
     positions = [e.example_id for e in exemplars]
     assert torch.allclose(model.prototypes.vectors, torch.from_numpy(pooled[positions]))
     assert not torch.equal(before, model.classifier.weight)
+
+
+def test_push_retrains_the_last_layer_without_the_exemplars(make_model, train_data):
+    """An exemplar matches its own prototype exactly, as no unseen text does: the labels of the
+    exemplar rows must not matter to the retrained layer."""
+    import copy
+
+    model = make_model(per_class=2)
+    pooled = predict(model, train_data, progress=False).pooled
+    exemplars = project_prototypes(model, train_data, pooled)
+    positions = sorted({e.example_id for e in exemplars})
+    flipped = train_data.labels.copy()
+    flipped[positions] = 1 - flipped[positions]
+    honest, misled = model, copy.deepcopy(model)
+    push(honest, pooled, train_data.labels, exemplars, epochs=5, seed=0)
+    push(misled, pooled, flipped, exemplars, epochs=5, seed=0)
+    assert torch.equal(honest.classifier.weight, misled.classifier.weight)
+    assert retraining_rows(10, positions).tolist() == [i for i in range(10) if i not in positions]
+    assert retraining_rows(3, [0, 1, 2]).tolist() == [0, 1, 2]  # nothing else to learn from: all of them
