@@ -15,7 +15,14 @@ In one run, on the same bundle and the same SST-2 validation sentences:
      ``--seconds``: throughput, p50 / p99 latency, and from the server's own metrics the mean
      batch size and the share of each batch's tokens that was padding;
   3. with MODEL_DIR, the baseline a user would otherwise write: a gRPC server that runs the
-     PyTorch model on each request as it comes (`benchmarks/naive_server.py`), same load.
+     PyTorch model on each request as it comes (`benchmarks/naive_server.py`), same load;
+  4. with ``--peers`` (the default once `benchmarks/peers/setup.sh` has built `.venv-peers`),
+     Seldon MLServer 1.7.1 over the same graph variant and tokenizer with its adaptive
+     batching (`benchmarks/peers/`), the same callers sending one sentence per Open Inference
+     Protocol ModelInfer call; first, its predictions on ``--agreement-sentences`` sentences
+     are checked against protolm's Classify (argmax of its logits, and the softmax of its
+     logits against protolm's probabilities).
+At the end, one table of every server's rows and the ceilings, side by side.
 Loopback only; every phase is bounded in time and stops by itself. The JSON report goes to
 ``--output`` (default: a new folder under the system's temporary directory, never the
 repository).
@@ -34,6 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -42,6 +50,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.peers import mlserver as peer
+from service.grpc_api import grpc_predict_v2_pb2_grpc as oip_grpc
 from service.grpc_api import protolm_pb2 as pb
 from service.grpc_api import protolm_pb2_grpc as pb_grpc
 
@@ -171,9 +181,22 @@ def batch_shape(before: dict[str, float], after: dict[str, float]) -> dict:
     return shape
 
 
-async def load(port: int, method: str, texts: list[str], callers: int, seconds: float) -> dict:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+def one_sentence_call(channel: grpc.aio.Channel, method: str, model_name: str | None):
+    """An awaitable call of ``method`` with one sentence: protolm.v1 Classify or Explain, or
+    the Open Inference Protocol's ModelInfer on ``model_name`` (MLServer)."""
+    if method == "ModelInfer":
+        oip_stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        return lambda text: oip_stub.ModelInfer(peer.infer_request(model_name, [text]), timeout=30)
     stub = pb_grpc.ProtoLMServiceStub(channel)
+    if method == "Classify":
+        return lambda text: stub.Classify(pb.ClassifyRequest(inputs=[pb.TextInput(text=text)]), timeout=30)
+    options = pb.ExplainOptions(top_prototypes=3)
+    return lambda text: stub.Explain(pb.ExplainRequest(inputs=[pb.TextInput(text=text)], options=options), timeout=30)
+
+
+async def load(port: int, method: str, texts: list[str], callers: int, seconds: float, model_name: str | None = None) -> dict:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    call = one_sentence_call(channel, method, model_name)
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + seconds
@@ -186,11 +209,7 @@ async def load(port: int, method: str, texts: list[str], callers: int, seconds: 
             i += callers
             started = time.perf_counter()
             try:
-                if method == "Classify":
-                    await stub.Classify(pb.ClassifyRequest(inputs=[pb.TextInput(text=text)]), timeout=30)
-                else:
-                    request = pb.ExplainRequest(inputs=[pb.TextInput(text=text)], options=pb.ExplainOptions(top_prototypes=3))
-                    await stub.Explain(request, timeout=30)
+                await call(text)
             except grpc.aio.AioRpcError:
                 errors += 1
                 continue
@@ -211,30 +230,36 @@ async def load(port: int, method: str, texts: list[str], callers: int, seconds: 
     }
 
 
+def serving(channel: grpc.Channel) -> bool:
+    """grpc.health.v1 says SERVING (protolm and the naive server)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING
+
+
 class Server:
     """A server process whose stdout and stderr go to a file (a pipe nobody reads would
-    block a chatty server), SERVING before it is used."""
+    block a chatty server), ready (``ready``: grpc.health.v1 SERVING unless told otherwise)
+    before it is used. ``model_name``: the model its Open Inference Protocol calls name."""
 
-    def __init__(self, command: list[str], env: dict, port: int, log_path: Path, metrics_port: int | None = None):
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        self.port, self.metrics_port, self.log_path = port, metrics_port, log_path
+    def __init__(self, command: list[str], env: dict, port: int, log_path: Path, metrics_port: int | None = None,
+                 ready: Callable[[grpc.Channel], bool] = serving, model_name: str | None = None):
+        self.port, self.metrics_port, self.log_path, self.model_name = port, metrics_port, log_path, model_name
         self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop(), after the process)
         self.process = subprocess.Popen(command, env={**os.environ, **env}, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        stub = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + 180
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"{' '.join(command)} exited with {self.process.returncode}; its log: {log_path}")
                 try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    if ready(channel):
                         return
                 except grpc.RpcError:
                     pass
                 time.sleep(0.25)
-            raise RuntimeError(f"{' '.join(command)} did not become SERVING in 180 s; its log: {log_path}")
+            raise RuntimeError(f"{' '.join(command)} was not ready in 180 s; its log: {log_path}")
         except BaseException:
             self.stop()
             raise
@@ -265,7 +290,7 @@ def service_env(port: int, metrics_port: int, variant: str, max_batch_size: int)
 
 def measure_point(name: str, server: Server, method: str, callers: int, texts: list[str], seconds: float) -> dict:
     before = scrape(server.metrics_port)
-    row = asyncio.run(load(server.port, method, texts, callers, seconds))
+    row = asyncio.run(load(server.port, method, texts, callers, seconds, server.model_name))
     row.update(batch_shape(before, scrape(server.metrics_port)), server=name)
     shape = ""
     if "mean_batch_size" in row:
@@ -280,13 +305,68 @@ def measure_point(name: str, server: Server, method: str, callers: int, texts: l
 def run_server_phase(name: str, server: Server, methods: tuple[str, ...], callers: list[int], texts: list[str], seconds: float) -> list[dict]:
     rows = []
     try:
-        asyncio.run(load(server.port, "Classify", texts, 8, 2.0))  # warm-up, not reported
+        asyncio.run(load(server.port, methods[0], texts, 8, 2.0, server.model_name))  # warm-up, not reported
         for method in methods:
             for count in callers:
                 rows.append(measure_point(name, server, method, count, texts, seconds))
     finally:
         server.stop()
     return rows
+
+
+async def protolm_probabilities(port: int, texts: list[str]) -> np.ndarray:
+    """Classify's probabilities [N, classes], one sentence per call, the calls concurrent."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = one_sentence_call(channel, "Classify", None)
+        replies = await asyncio.gather(*(call(text) for text in texts))
+    return np.array([[c.probability for c in sorted(r.results[0].probabilities, key=lambda c: c.label_id)] for r in replies])
+
+
+async def peer_logits(port: int, model_name: str, texts: list[str]) -> np.ndarray:
+    """MLServer's logits [N, classes], one sentence per call, the calls concurrent (so its
+    adaptive batcher merges and pads them as under load)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = one_sentence_call(channel, "ModelInfer", model_name)
+        replies = await asyncio.gather(*(call(text) for text in texts))
+    return np.concatenate([peer.logits_of(r) for r in replies])
+
+
+def agreement(reference: np.ndarray, logits: np.ndarray) -> dict:
+    """The peer's predictions (argmax of its logits) against protolm's, and the largest
+    difference between its softmax and protolm's probabilities."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    equal = int((logits.argmax(axis=1) == reference.argmax(axis=1)).sum())
+    return {"sentences": len(reference), "equal_predictions": equal, "agreement": equal / len(reference),
+            "max_probability_difference": float(np.abs(probabilities - reference).max())}
+
+
+def peer_phase(bundle_dir: str, variant: str, texts: list[str], reference: np.ndarray, callers: list[int], seconds: float,
+               folder: Path) -> tuple[list[dict], dict]:
+    """MLServer over the same graph variant and tokenizer: agreement with protolm, then the load."""
+    model = peer.Model.from_bundle(bundle_dir, variant)
+    ports = peer.Ports(free_port(), free_port(), free_port())
+    peer.write_settings(folder / "mlserver", model, ports)
+    server = Server(peer.command(folder / "mlserver"), peer.environment(), ports.grpc, folder / "mlserver.log",
+                    ready=lambda channel: peer.model_ready(channel, model.name), model_name=model.name)
+    try:
+        agreed = agreement(reference, asyncio.run(peer_logits(ports.grpc, model.name, texts[: len(reference)])))
+    except BaseException:
+        server.stop()
+        raise
+    print(f"  agreement with protolm Classify: {agreed['equal_predictions']}/{agreed['sentences']} predictions equal, "
+          f"largest probability difference {agreed['max_probability_difference']:.1e}", flush=True)
+    return run_server_phase("mlserver", server, ("ModelInfer",), callers, texts, seconds), agreed
+
+
+def print_table(rows: list[dict], rates: dict, size: int, variant: str) -> None:
+    """Every measured row and the raw ceilings, side by side (Markdown)."""
+    names = {"service": "protolm", "mlserver": f"MLServer {peer.VERSION} (adaptive batching)", "naive": "naive PyTorch (per request)"}
+    print("\n| server | method | callers | throughput (req/s) | p50 (ms) | p99 (ms) |\n|---|---|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {names[row['server']]} | {row['method']} | {row['callers']} | {row['throughput']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} |")
+    for kind, how in (("sorted", "length-sorted"), ("random", "random")):
+        print(f"| bare ONNX Runtime ({variant}), {how} batches of {size} | | | {rates[kind][size]:.1f} sentences/s | | |")
 
 
 def default_output() -> Path:
@@ -306,7 +386,14 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32, help="the server's --max-batch-size, and the ceiling's batch size")
     parser.add_argument("--variant", default=None, help="bundle variant to serve (default: the CPU's best servable)")
     parser.add_argument("--output", default=None, help="JSON report (default: load.json in a new temporary folder)")
+    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=None,
+                        help="run Seldon MLServer over the same graph too (default: on once benchmarks/peers/setup.sh has built .venv-peers)")
+    parser.add_argument("--agreement-sentences", type=int, default=20,
+                        help="sentences on which MLServer's predictions are checked against protolm's")
     args = parser.parse_args()
+    peers = peer.installed() if args.peers is None else args.peers
+    if peers and not peer.installed():
+        parser.error(f"--peers needs {peer.VENV}: run benchmarks/peers/setup.sh")
     callers = [int(c) for c in args.callers.split(",")]
     methods = tuple(m.strip() for m in args.methods.split(","))
     output = Path(args.output) if args.output else default_output()
@@ -326,6 +413,13 @@ def main() -> None:
     port, metrics_port = free_port(), free_port()
     service = Server(service_command(args.bundle_dir), service_env(port, metrics_port, variant, size), port,
                      output.parent / "service.log", metrics_port)
+    reference = None
+    if peers:  # protolm's own answers, for the peer's agreement check
+        try:
+            reference = asyncio.run(protolm_probabilities(port, texts[: args.agreement_sentences]))
+        except BaseException:
+            service.stop()
+            raise
     rows = run_server_phase("service", service, methods, callers, texts, args.seconds)
 
     if args.model_dir:
@@ -334,6 +428,13 @@ def main() -> None:
         naive = Server([sys.executable, str(REPO / "benchmarks" / "naive_server.py"), args.model_dir, "--port", str(port)], {}, port,
                        output.parent / "naive.log")
         rows += run_server_phase("naive", naive, ("Classify",), callers, texts, args.seconds)
+
+    peer_agreement = None
+    if reference is not None:
+        print(f"MLServer {peer.VERSION} ({variant}, adaptive batching: max batch {peer.MAX_BATCH_SIZE}, "
+              f"max wait {peer.MAX_BATCH_TIME * 1000:g} ms):", flush=True)
+        peer_rows, peer_agreement = peer_phase(args.bundle_dir, variant, texts, reference, callers, args.seconds, output.parent)
+        rows += peer_rows
 
     def find(server, method, count):
         return next((r for r in rows if r["server"] == server and r["method"] == method and r["callers"] == count), None)
@@ -344,10 +445,13 @@ def main() -> None:
                      "ceiling": f"bare ONNX Runtime, length-sorted batches of {size}",
                      "ceiling_sentences_per_s": ceiling, "random_batches_sentences_per_s": random_batches, "raw": rates,
                      "machine_at_start": load_start, "machine_at_end": load_end}
+    if peer_agreement is not None:
+        summary["mlserver_agreement"] = peer_agreement
     print(f"\nsummary (ceiling: {variant}, length-sorted batches of {size}, {ceiling:.1f} sentences/s; "
           f"random batches of {size}: {random_batches:.1f}/s):")
     for count in callers:
         classify, explain, naive = find("service", "Classify", count), find("service", "Explain", count), find("naive", "Classify", count)
+        mlserver = find("mlserver", "ModelInfer", count)
         if classify is None:
             continue
         point = {"classify_over_ceiling": classify["throughput"] / ceiling,
@@ -360,8 +464,12 @@ def main() -> None:
         if naive is not None:
             point["classify_over_naive"] = classify["throughput"] / naive["throughput"]
             line += f", Classify / naive PyTorch {point['classify_over_naive']:.2f}"
+        if mlserver is not None:
+            point["classify_over_mlserver"] = classify["throughput"] / mlserver["throughput"]
+            line += f", Classify / MLServer {point['classify_over_mlserver']:.2f}"
         summary[f"callers_{count}"] = point
         print(line)
+    print_table(rows, rates, size, variant)
     output.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2) + "\n")
     print(f"report: {output}")
 
