@@ -73,10 +73,13 @@ def test_learning_curves_cover_three_tasks_at_growing_sizes_with_three_seeds_up_
     assert [s.task for s in curve_suite("cpu", ["sst5", "rte"])][0] == "sst5" and "rte" not in {s.task for s in curve_suite("cpu", ["sst5", "rte"])}
 
 
-def test_full_data_suite_trains_both_heads_on_every_example():
+def test_full_data_suite_trains_both_heads_on_every_example(tmp_path):
     specs = full_data_suite()
     assert [(s.task, s.architecture) for s in specs] == [("sst2", "protolm"), ("sst2", "baseline"), ("imdb", "protolm"), ("imdb", "baseline")]
     assert all(s.budget.train_samples is None and s.budget.epochs == 1 and s.run_id.endswith("__train=all__seed42") for s in specs)
+    from protolm.benchmark.runner import train_config
+
+    assert train_config(specs[0], tmp_path, None).optim.group_by_length  # hours on a CPU: the faster batches
 
 
 def test_curve_table_and_plot_from_records(tmp_path):
