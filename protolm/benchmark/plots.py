@@ -75,11 +75,13 @@ def learning_curves(records: list[dict], path: Path) -> Path | None:
         for architecture, style in (("protolm", "o-"), ("baseline", "s--")):
             points = [(row["examples"], 100 * np.array(row["accuracy"][architecture])) for row in rows
                       if row["task"] == task and row["accuracy"][architecture]]
-            sizes = [n for n, _ in points]
             means = [a.mean() for _, a in points]
             spread = [a.std() for _, a in points]
-            axis.errorbar(sizes, means, yerr=spread, fmt=style, capsize=3, label=MODEL_NAMES[architecture])
+            axis.errorbar([n for n, _ in points], means, yerr=spread, fmt=style, capsize=3, label=MODEL_NAMES[architecture])
         axis.set_xscale("log")
+        sizes = sorted({row["examples"] for row in rows if row["task"] == task})
+        axis.set_xticks(sizes, [f"{n:,}" for n in sizes], fontsize=7)
+        axis.minorticks_off()
         axis.set_xlabel("training examples (log scale), 1 epoch")
         axis.set_ylabel("test accuracy (%)")
         axis.set_title(task)
