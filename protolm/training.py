@@ -214,9 +214,9 @@ def _trainer_class():
             self.group_by_length = group_by_length
 
         def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
             if not self.group_by_length:
                 return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
             return LengthBucketSampler([len(ids) for ids in dataset.columns["input_ids"]], self.args.train_batch_size)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
