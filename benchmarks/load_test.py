@@ -314,21 +314,23 @@ def run_server_phase(name: str, server: Server, methods: tuple[str, ...], caller
     return rows
 
 
-async def protolm_probabilities(port: int, texts: list[str]) -> np.ndarray:
-    """Classify's probabilities [N, classes], one sentence per call, the calls concurrent."""
+async def concurrent_replies(port: int, method: str, texts: list[str], model_name: str | None = None) -> list:
+    """One ``method`` call per sentence, all at once (so a batcher merges and pads them as
+    under load); the replies in the sentences' order."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = one_sentence_call(channel, "Classify", None)
-        replies = await asyncio.gather(*(call(text) for text in texts))
+        call = one_sentence_call(channel, method, model_name)
+        return await asyncio.gather(*(call(text) for text in texts))
+
+
+def protolm_probabilities(port: int, texts: list[str]) -> np.ndarray:
+    """Classify's probabilities [N, classes]."""
+    replies = asyncio.run(concurrent_replies(port, "Classify", texts))
     return np.array([[c.probability for c in sorted(r.results[0].probabilities, key=lambda c: c.label_id)] for r in replies])
 
 
-async def peer_logits(port: int, model_name: str, texts: list[str]) -> np.ndarray:
-    """MLServer's logits [N, classes], one sentence per call, the calls concurrent (so its
-    adaptive batcher merges and pads them as under load)."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = one_sentence_call(channel, "ModelInfer", model_name)
-        replies = await asyncio.gather(*(call(text) for text in texts))
-    return np.concatenate([peer.logits_of(r) for r in replies])
+def peer_logits(port: int, model_name: str, texts: list[str]) -> np.ndarray:
+    """MLServer's logits [N, classes]."""
+    return np.concatenate([peer.logits_of(r) for r in asyncio.run(concurrent_replies(port, "ModelInfer", texts, model_name))])
 
 
 def agreement(reference: np.ndarray, logits: np.ndarray) -> dict:
@@ -350,7 +352,7 @@ def peer_phase(bundle_dir: str, variant: str, texts: list[str], reference: np.nd
     server = Server(peer.command(folder / "mlserver"), peer.environment(), ports.grpc, folder / "mlserver.log",
                     ready=lambda channel: peer.model_ready(channel, model.name), model_name=model.name)
     try:
-        agreed = agreement(reference, asyncio.run(peer_logits(ports.grpc, model.name, texts[: len(reference)])))
+        agreed = agreement(reference, peer_logits(ports.grpc, model.name, texts[: len(reference)]))
     except BaseException:
         server.stop()
         raise
@@ -416,7 +418,7 @@ def main() -> None:
     reference = None
     if peers:  # protolm's own answers, for the peer's agreement check
         try:
-            reference = asyncio.run(protolm_probabilities(port, texts[: args.agreement_sentences]))
+            reference = protolm_probabilities(port, texts[: args.agreement_sentences])
         except BaseException:
             service.stop()
             raise

@@ -111,9 +111,9 @@ def push(model: ProtoLM, train_pooled: np.ndarray, train_labels: np.ndarray, exe
     positions = [e.example_id for e in exemplars]
     with torch.no_grad():
         model.prototypes.vectors.copy_(torch.from_numpy(train_pooled[positions]).to(device))
-    fit = torch.from_numpy(retraining_rows(len(train_labels), positions)).to(device)
-    similarities = similarities_from_pooled(model, train_pooled)[fit]
-    labels = torch.from_numpy(train_labels).to(device)[fit]
+    rows = retraining_rows(len(train_labels), positions)
+    similarities = similarities_from_pooled(model, train_pooled[rows])
+    labels = torch.from_numpy(train_labels[rows]).to(device)
     optimizer = torch.optim.Adam(model.classifier.parameters(), lr=learning_rate)
     batch = 256
     for _ in range(epochs):

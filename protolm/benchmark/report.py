@@ -127,7 +127,7 @@ def curve_rows(records: list[dict]) -> list[dict]:
             runs = sizes[size]
             any_run = next(r for a in ARCHITECTURES for r in runs[a])
             accuracy = {a: [r["accuracy"] for r in runs[a]] for a in ARCHITECTURES}
-            row = {"task": task, "size": size, "examples": any_run["data"]["train"]["examples"], "runs": runs, "accuracy": accuracy}
+            row = {"task": task, "examples": any_run["data"]["train"]["examples"], "accuracy": accuracy}
             if all(accuracy.values()):
                 row["delta"] = 100 * (statistics.mean(accuracy["protolm"]) - statistics.mean(accuracy["baseline"]))
             rows.append(row)

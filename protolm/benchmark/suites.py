@@ -127,6 +127,11 @@ def ablation_suite(profile: str, encoder: str = DEFAULT_ENCODER) -> list[RunSpec
     ]
 
 
+def _tasks_of(tasks: list[str] | None, suite_tasks) -> list[str]:
+    """The asked tasks (checked) that the suite runs, or all of the suite's."""
+    return [t for t in _tasks(tasks) if t in suite_tasks] if tasks else list(suite_tasks)
+
+
 def _curve_seeds(size: int | None) -> int:
     return CURVE_SEEDS if size is not None and size <= CURVE_SEEDED_UP_TO else 1
 
@@ -134,7 +139,7 @@ def _curve_seeds(size: int | None) -> int:
 def curve_suite(profile: str, tasks: list[str] | None = None, encoder: str = DEFAULT_ENCODER) -> list[RunSpec]:
     """Every task and size at the first seed, then the second and third seeds of the small sizes."""
     budgets = _profile(profile)
-    names = [t for t in _tasks(tasks) if t in CURVE_SIZES] if tasks else list(CURVE_SIZES)
+    names = _tasks_of(tasks, CURVE_SIZES)
     return [
         RunSpec("curves", task, architecture, BASE_SEED + s, TaskBudget(size, 1, _curve_seeds(size), budgets[task].test_samples, None),
                 encoder, "curve", f"{size:,} examples" if size else "all examples")
@@ -147,7 +152,7 @@ def curve_suite(profile: str, tasks: list[str] | None = None, encoder: str = DEF
 
 
 def full_data_suite(tasks: list[str] | None = None, encoder: str = DEFAULT_ENCODER) -> list[RunSpec]:
-    names = [t for t in _tasks(tasks) if t in FULL_DATA_TASKS] if tasks else list(FULL_DATA_TASKS)
+    names = _tasks_of(tasks, FULL_DATA_TASKS)
     return [RunSpec("full-data", task, architecture, BASE_SEED, FULL_DATA_BUDGET, encoder, "full-data", "all examples",
                     dict(FULL_DATA_OVERRIDES))
             for task in names for architecture in ARCHITECTURES]
