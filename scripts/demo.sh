@@ -20,7 +20,8 @@ step 3 "verify the bundle: checksums, every variant run, every prototype its exe
 protolm bundle verify "$RUN/bundle" | tail -n 1
 
 step 4 "serve it on 127.0.0.1:$PORT"
-protolm serve "$RUN/bundle" --host 127.0.0.1 --port "$PORT" --metrics-port 0 --drain-delay 0 &
+# not through the protolm function: $! would be its subshell, and killing that leaves the server running
+"$BIN/protolm" --log-level WARNING serve "$RUN/bundle" --host 127.0.0.1 --port "$PORT" --metrics-port 0 --drain-delay 0 &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do

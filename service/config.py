@@ -21,7 +21,7 @@ class ServerConfig:
     inter_op_threads: int = option(1, "ONNX Runtime threads across operators")
     max_batch_size: int = option(32, "most inputs in one forward pass")
     max_batch_tokens: int = option(8192, "most padded tokens (batch size x longest input) in one forward pass")
-    max_padding: float = option(0.25, "largest share of a batch's tokens that may be padding; longer inputs start a new batch")
+    max_padding: float = option(0.15, "largest share of a batch's tokens that may be padding; longer inputs start a new batch")
     max_wait_ms: float = option(5.0, "longest the oldest queued input waits for others to fill its batch (right after a batch: only until the callers it answered are back)")
     max_queue_size: int = option(1024, "queued inputs beyond which requests are rejected with RESOURCE_EXHAUSTED")
     max_inputs_per_request: int = option(64, "most inputs in one Classify or Explain call")

@@ -63,7 +63,27 @@ def _exemplar(exemplar: Exemplar, labels: list[str]) -> pb.Exemplar:
     )
 
 
-def _contribution(c: Contribution, labels: list[str]) -> pb.Contribution:
+class ExemplarMessages:
+    """Each prototype's exemplar as a message, built once per served model. An Explain reply
+    carries up to three times top_prototypes of them (matches, supporting, opposing), and
+    building them for every reply cost more than the rest of the reply."""
+
+    KEPT = 2  # the serving model and, during a reload's drain, the one before it
+
+    def __init__(self):
+        self._built: dict[int, tuple[ServingModel, tuple[pb.Exemplar, ...]]] = {}
+
+    def of(self, model: ServingModel) -> tuple[pb.Exemplar, ...]:
+        entry = self._built.get(id(model))
+        if entry is None or entry[0] is not model:
+            entry = (model, tuple(_exemplar(e, model.labels) for e in model.exemplars or ()))
+            self._built[id(model)] = entry
+            while len(self._built) > self.KEPT:
+                del self._built[next(iter(self._built))]
+        return entry[1]
+
+
+def _contribution(c: Contribution, exemplars: tuple[pb.Exemplar, ...]) -> pb.Contribution:
     return pb.Contribution(
         prototype_id=c.prototype_id,
         label=c.label,
@@ -71,22 +91,22 @@ def _contribution(c: Contribution, labels: list[str]) -> pb.Contribution:
         similarity=c.similarity,
         weight=c.weight,
         contribution=c.contribution,
-        exemplar=_exemplar(c.exemplar, labels) if c.exemplar is not None else None,
+        exemplar=exemplars[c.prototype_id] if c.exemplar is not None else None,
     )
 
 
-def _evidence(e: Evidence, labels: list[str]) -> pb.Evidence:
+def _evidence(e: Evidence, exemplars: tuple[pb.Exemplar, ...]) -> pb.Evidence:
     return pb.Evidence(
         label=e.label,
         versus_label=e.versus,
         margin=e.margin,
         total=e.total,
-        supporting=[_contribution(c, labels) for c in e.supporting],
-        opposing=[_contribution(c, labels) for c in e.opposing],
+        supporting=[_contribution(c, exemplars) for c in e.supporting],
+        opposing=[_contribution(c, exemplars) for c in e.opposing],
     )
 
 
-def _explanation(model: ServingModel, e: Explanation) -> pb.Explanation:
+def _explanation(e: Explanation, exemplars: tuple[pb.Exemplar, ...]) -> pb.Explanation:
     return pb.Explanation(
         classification=_classification(e.classification),
         weights=[_span(w) for w in e.weights],
@@ -96,7 +116,7 @@ def _explanation(model: ServingModel, e: Explanation) -> pb.Explanation:
                 label=p.label,
                 label_id=p.label_id,
                 similarity=p.similarity,
-                exemplar=_exemplar(p.exemplar, model.labels) if p.exemplar is not None else None,
+                exemplar=exemplars[p.prototype_id] if p.exemplar is not None else None,
             )
             for p in e.prototypes
         ],
@@ -106,7 +126,7 @@ def _explanation(model: ServingModel, e: Explanation) -> pb.Explanation:
             )
             for n in e.nearest_examples
         ],
-        evidence=_evidence(e.evidence, model.labels) if e.evidence is not None else None,
+        evidence=_evidence(e.evidence, exemplars) if e.evidence is not None else None,
     )
 
 
@@ -133,6 +153,7 @@ def model_info(engine: Engine) -> pb.ModelInfo:
 class ProtoLMServicer(pb_grpc.ProtoLMServiceServicer):
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._exemplars = ExemplarMessages()
 
     async def Classify(self, request, context):
         served = await self.engine.classify(_inputs(request), deadline_from(context.time_remaining()))
@@ -150,8 +171,9 @@ class ProtoLMServicer(pb_grpc.ProtoLMServiceServicer):
             words=options.granularity != pb.WEIGHT_GRANULARITY_TOKEN,
         )
         served = await self.engine.explain(_inputs(request), explain_options, deadline_from(context.time_remaining()))
+        exemplars = self._exemplars.of(served.model)
         return pb.ExplainResponse(
-            results=[_explanation(served.model, e) for e in served.results], metadata=_metadata(served)
+            results=[_explanation(e, exemplars) for e in served.results], metadata=_metadata(served)
         )
 
     async def GetModelInfo(self, request, context):

@@ -29,6 +29,7 @@ async def test_fifty_explanations_sum_to_the_served_margin(tiny_bundle, tiny_mod
         api = pb_grpc.ProtoLMServiceStub(channel)
         reply = await api.Explain(pb.ExplainRequest(inputs=[pb.TextInput(text=t) for t in TEXTS], options=pb.ExplainOptions(top_prototypes=3)))
         await channel.close()
+    exemplars = ServedBundle.load(tiny_bundle).exemplars
     model = load_model(tiny_model_dir)
     with torch.no_grad():
         logits = model(**model.tokenize(TEXTS)).logits.numpy()
@@ -42,7 +43,10 @@ async def test_fifty_explanations_sum_to_the_served_margin(tiny_bundle, tiny_mod
         assert evidence.margin == pytest.approx(np.log(probabilities[evidence.label] / probabilities[evidence.versus_label]), abs=1e-3)
         parts = [c.contribution for c in evidence.supporting] + [c.contribution for c in evidence.opposing]
         assert all(c > 0 for c in parts[: len(evidence.supporting)]) and all(c < 0 for c in parts[len(evidence.supporting):])
-        assert all(c.exemplar.text for c in evidence.supporting)
+        for c in list(evidence.supporting) + list(evidence.opposing) + list(result.prototypes):
+            exemplar = exemplars[c.prototype_id]
+            assert (c.exemplar.example_id, c.exemplar.text, c.exemplar.label_id) == (exemplar.example_id, exemplar.text, exemplar.label)
+            assert [w.text for w in c.exemplar.words] == [w.text for w in exemplar.words]
 
 
 def test_verify_refuses_a_last_layer_that_is_not_the_graphs(tiny_bundle, tmp_path):
