@@ -166,11 +166,15 @@ class ProtoLM(EncoderClassifier):
     def prototype_class(self) -> torch.Tensor:
         return self.prototypes.prototype_class
 
-    def reset_classifier(self) -> None:
-        """ProtoPNet's start: +1 from a class's own prototypes, -0.5 from the others'."""
+    def reset_classifier(self, class_mean: bool = False) -> None:
+        """ProtoPNet's start: +1 from a class's own prototypes, -0.5 from the others'.
+
+        ``class_mean`` divides it by the prototypes per class, so the logits start as means of
+        the similarities instead of sums and their scale does not grow with N."""
         own = nn.functional.one_hot(self.prototype_class, self.config.num_classes).T.to(self.classifier.weight)
+        scale = 1.0 / self.config.prototypes_per_class if class_mean else 1.0
         with torch.no_grad():
-            self.classifier.weight.copy_(own - 0.5 * (1 - own))
+            self.classifier.weight.copy_(scale * (own - 0.5 * (1 - own)))
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> ClassifierOutput:
         hidden = self.encode_tokens(input_ids, attention_mask, token_type_ids)

@@ -276,6 +276,8 @@ def train_model(
     warn_if_too_small(train, validation, model.config.num_prototypes if isinstance(model, ProtoLM) else None)
     if isinstance(model, ProtoLM) and options.prototype_init == "data":
         init_prototypes_from_data(model, train, optim.seed, optim.eval_batch_size)
+    if isinstance(model, ProtoLM):
+        model.reset_classifier(class_mean=options.classifier_init == "mean")
 
     name = data_config.task or Path(data_config.train_file or data_config.dataset or "data").stem
     output_dir = Path(optim.output_dir or f"runs/{options.architecture}-{name}")
