@@ -34,7 +34,7 @@ class ModelOptions:
     similarity: str = option(DEFAULT_SIMILARITY, "prototype similarity: " + "; ".join(m.description for m in METRICS.values()), choices=SIMILARITIES)
     epsilon: float = option(1e-4, "epsilon of the inverse and log similarities")
     prototype_init: str = option("data", "data: start prototypes at encodings of random training examples of their class; random: uniform [0, 1)", choices=("data", "random"))
-    classifier_init: str = option("mean", "start of the last layer: protopnet (+1 from a class's own prototypes, -0.5 from the others'; logits are sums over N); mean: the same divided by the prototypes per class (logits are means)", choices=("mean", "protopnet"))
+    classifier_init: str = option("protopnet", "start of the last layer: protopnet (+1 from a class's own prototypes, -0.5 from the others'; logits are sums over N); mean: the same divided by the prototypes per class (logits are means: +1.5 points on 2,000 SST-2 sentences, level elsewhere, but prototype purity 0.76-0.96 instead of 1.00)", choices=("protopnet", "mean"))
     ce_weight: float = option(0.5, "lambda0: weight of cross-entropy")
     cohesion_weight: float = option(0.25, "lambda1: weight of the cohesion term")
     separation_weight: float = option(0.25, "lambda2: weight of the separation term")
