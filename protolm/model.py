@@ -166,13 +166,11 @@ class ProtoLM(EncoderClassifier):
     def prototype_class(self) -> torch.Tensor:
         return self.prototypes.prototype_class
 
-    def reset_classifier(self, class_mean: bool = False) -> None:
-        """ProtoPNet's start: +1 from a class's own prototypes, -0.5 from the others'.
-
-        ``class_mean`` divides it by the prototypes per class, so the logits start as means of
-        the similarities instead of sums and their scale does not grow with N."""
+    def reset_classifier(self, scale: float = 1.0) -> None:
+        """ProtoPNet's start, +1 from a class's own prototypes and -0.5 from the others', times
+        ``scale`` (training's default is 0.1: the logits of ProtoPNet's start are sums over a
+        class's prototypes, tens of units, and cross-entropy is saturated from the first step)."""
         own = nn.functional.one_hot(self.prototype_class, self.config.num_classes).T.to(self.classifier.weight)
-        scale = 1.0 / self.config.prototypes_per_class if class_mean else 1.0
         with torch.no_grad():
             self.classifier.weight.copy_(scale * (own - 0.5 * (1 - own)))
 

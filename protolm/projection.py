@@ -104,13 +104,15 @@ def retraining_rows(num_examples: int, exemplar_ids: list[int]) -> np.ndarray:
 
 
 def push(model: ProtoLM, train_pooled: np.ndarray, train_labels: np.ndarray, exemplars: tuple[Exemplar, ...], epochs: int, seed: int, learning_rate: float = 1e-2) -> None:
-    """ProtoPNet's push: prototypes become their exemplars' encodings; the last layer is
-    retrained on the fixed similarities of the other training examples."""
+    """ProtoPNet's push: prototypes become their exemplars' encodings; for ``epochs`` > 0 the
+    last layer is retrained on the fixed similarities of the other training examples."""
     torch.manual_seed(seed)
     device = model.prototypes.vectors.device
     positions = [e.example_id for e in exemplars]
     with torch.no_grad():
         model.prototypes.vectors.copy_(torch.from_numpy(train_pooled[positions]).to(device))
+    if epochs == 0:
+        return
     rows = retraining_rows(len(train_labels), positions)
     similarities = similarities_from_pooled(model, train_pooled[rows])
     labels = torch.from_numpy(train_labels[rows]).to(device)

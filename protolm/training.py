@@ -277,7 +277,7 @@ def train_model(
     if isinstance(model, ProtoLM) and options.prototype_init == "data":
         init_prototypes_from_data(model, train, optim.seed, optim.eval_batch_size)
     if isinstance(model, ProtoLM):
-        model.reset_classifier(class_mean=options.classifier_init == "mean")
+        model.reset_classifier(options.classifier_scale)
 
     name = data_config.task or Path(data_config.train_file or data_config.dataset or "data").stem
     output_dir = Path(optim.output_dir or f"runs/{options.architecture}-{name}")

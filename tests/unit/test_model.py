@@ -26,8 +26,8 @@ def test_classifier_starts_at_plus_one_own_minus_half_other(make_model):
     expected = torch.tensor([[1, 1, -0.5, -0.5, -0.5, -0.5], [-0.5, -0.5, 1, 1, -0.5, -0.5], [-0.5, -0.5, -0.5, -0.5, 1, 1]])
     assert torch.equal(model.classifier.weight, expected)
     assert model.prototype_class.tolist() == [0, 0, 1, 1, 2, 2]
-    model.reset_classifier(class_mean=True)  # the default in training: logits start as class means
-    assert torch.equal(model.classifier.weight, expected / 2)
+    model.reset_classifier(0.1)  # training's default scale
+    assert torch.allclose(model.classifier.weight, expected * 0.1)
 
 
 @pytest.mark.parametrize(("total", "classes", "per_class"), [(200, 2, 100), (200, 5, 40), (3, 5, 1), (7, 2, 3)])
