@@ -54,7 +54,7 @@ class OptimConfig:
     seed: int = option(42, "seed for initialisation, sampling and data order")
     precision: str = option("fp32", "fp32, bf16 or fp16 (mixed precision needs a GPU for fp16)", choices=("fp32", "bf16", "fp16"))
     project: bool = option(True, "after training, project every prototype onto its nearest training example")
-    push: bool = option(True, "ProtoPNet push: every prototype becomes its exemplar's encoding, then the last layer is retrained on the fixed similarities (false: keep the learned vectors)")
+    push: bool = option(True, "ProtoPNet push: every prototype becomes its exemplar's encoding (with --push-epochs > 0 the last layer is then retrained on the fixed similarities; false: keep the learned vectors)")
     push_epochs: int = option(0, "epochs of last-layer retraining after push, on the training examples that are not exemplars (0: the last layer keeps its trained weights; ProtoPNet retrains it)")
     group_by_length: bool = option(False, "batches of training examples of similar length, in random order: 1.7x the steps per second on SST-2, but 0.4 points lower on average over 3 seeds at 2,000 sentences (false: uniformly random batches)")
     dataloader_workers: int = option(0, "data-loading worker processes")

@@ -113,9 +113,9 @@ def push(model: ProtoLM, train_pooled: np.ndarray, train_labels: np.ndarray, exe
         model.prototypes.vectors.copy_(torch.from_numpy(train_pooled[positions]).to(device))
     if epochs == 0:
         return
-    rows = retraining_rows(len(train_labels), positions)
-    similarities = similarities_from_pooled(model, train_pooled[rows])
-    labels = torch.from_numpy(train_labels[rows]).to(device)
+    fit = retraining_rows(len(train_labels), positions)
+    similarities = similarities_from_pooled(model, train_pooled[fit])
+    labels = torch.from_numpy(train_labels[fit]).to(device)
     optimizer = torch.optim.Adam(model.classifier.parameters(), lr=learning_rate)
     batch = 256
     for _ in range(epochs):
