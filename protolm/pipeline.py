@@ -61,7 +61,10 @@ def run_training(
     config: TrainConfig, eval_config: EvalConfig, splits: Splits | None = None
 ) -> tuple[EncoderClassifier, Path, EvaluationReport]:
     """Train, project (and push), evaluate and save; the data comes from ``config.data``
-    unless ``splits`` gives it."""
+    unless ``splits`` gives it. A job interrupted before the end resumes from its training
+    checkpoints (see ``protolm.checkpoints``)."""
+    from protolm.checkpoints import discard_checkpoints
+
     splits = splits or Splits(*load_train_validation(config.data, config.optim.seed))
     train, validation = splits.train, splits.validation
     test = splits.test if splits.test is not None else validation
@@ -79,6 +82,7 @@ def run_training(
     record = dataclasses.replace(record, projection=projection, test=DataSummary(test.name, len(test)), evaluation=report.as_dict())
     record.write(output_dir)
     (output_dir / EVALUATION_FILE).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    discard_checkpoints(output_dir)
     return model, output_dir, report
 
 

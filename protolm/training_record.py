@@ -28,13 +28,14 @@ class TrainingRecord:
     top_k: int  # K of cohesion and separation, as a count
     train: DataSummary
     validation: DataSummary  # per-epoch validation
-    training_seconds: float
+    training_seconds: float  # across resumed calls
     train_loss: float
     epoch_history: list[dict[str, Any]]
     best_validation_accuracy: float | None
     projection: dict[str, Any] | None = None  # what projection and push measured
     test: DataSummary | None = None  # the final evaluation's data
     evaluation: dict[str, Any] | None = None  # EvaluationReport.as_dict()
+    earlier_training_seconds: float = 0.0  # of training_seconds, those of earlier, interrupted calls
 
     def write(self, directory: str | Path) -> Path:
         path = Path(directory) / TRAINING_FILE

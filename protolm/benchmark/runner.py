@@ -1,4 +1,5 @@
-"""Runs benchmark specs one by one, one result file each, resuming where a previous call stopped.
+"""Runs benchmark specs one by one, one result file each, resuming where a previous call stopped
+(a run cut off mid-training goes on from its training checkpoints).
 
 A result file is written as ``running`` before a run starts and rewritten as ``ok`` or
 ``failed`` (with the traceback) when it ends, so a run that died with its process (killed,
@@ -85,7 +86,7 @@ def execute(spec: RunSpec, runs_dir: Path, data_dir: str | None) -> dict:
         **{key: evaluation[key] for key in ("accuracy", "macro_f1", "confusion", "faithfulness", "prototypes")},
         "projection": training.projection,
         "training_seconds": training.training_seconds,
-        "total_seconds": seconds,
+        "total_seconds": seconds + training.earlier_training_seconds,  # a resumed run's earlier calls count
         "model_dir": str(output_dir) if spec.keep_model else None,
     }
 
