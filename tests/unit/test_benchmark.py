@@ -57,7 +57,7 @@ def test_every_task_first_seed_runs_before_any_second_seed_and_ablations_in_betw
     assert sum(k == "ablation" for k in kinds) == len(ABLATIONS)
 
 
-def test_learning_curves_cover_three_tasks_at_growing_sizes_with_three_seeds_up_to_2000():
+def test_learning_curves_cover_three_tasks_at_growing_sizes_with_three_seeds_up_to_4000():
     specs = curve_suite("cpu")
     assert {s.task for s in specs} == {"sst2", "sst5", "mrpc"}
     assert len({s.run_id for s in specs}) == len(specs)
@@ -65,7 +65,7 @@ def test_learning_curves_cover_three_tasks_at_growing_sizes_with_three_seeds_up_
     assert sizes("sst2") == sizes("sst5") == [500, 1000, 2000, 4000, 8000] and sizes("mrpc")[-1] == 10**9
     for spec in specs:
         seeds = {s.seed for s in specs if (s.task, s.budget.train_samples, s.architecture) == (spec.task, spec.budget.train_samples, spec.architecture)}
-        assert len(seeds) == (3 if spec.budget.train_samples and spec.budget.train_samples <= 2000 else 1)
+        assert len(seeds) == (3 if spec.budget.train_samples and spec.budget.train_samples <= 4000 else 1)
         assert spec.budget.epochs == 1 and spec.budget.faithfulness_samples is None
         assert f"train={spec.budget.train_samples or 'all'}" in spec.run_id
     first_later = [s.seed == BASE_SEED for s in specs]
