@@ -50,8 +50,14 @@ def run_fingerprint(config: TrainConfig, train: TextClassificationData, validati
 
 
 def _complete_checkpoints(directory: Path) -> list[Path]:
-    found = [path for path in directory.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if (path / COMPLETE_MARKER).is_file()]
-    return sorted(found, key=lambda path: int(path.name.rsplit("-", 1)[1]))
+    """The checkpoints written to the end, oldest first; one cut off while being written goes."""
+    complete = []
+    for path in directory.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if (path / COMPLETE_MARKER).is_file():
+            complete.append(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return sorted(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]))
 
 
 def checkpoint_to_resume(output_dir: Path, fingerprint: dict, resume: bool) -> Path | None:

@@ -68,8 +68,12 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_
     with pytest.raises(Interrupted):
         _train(config, [InterruptAfterSaving(stop_at)])
     assert (checkpoints_dir(tmp_path / "resumed") / f"checkpoint-{stop_at}" / "optimizer.pt").is_file()
+    cut_off = checkpoints_dir(tmp_path / "resumed") / f"checkpoint-{stop_at + 1}"  # killed while being written
+    cut_off.mkdir()
+    (cut_off / "model.safetensors").write_bytes(b"")
     _, _, record = _train(config)
 
+    assert not cut_off.exists() or (cut_off / "trainer_state.json").is_file()  # set aside, then written afresh
     reference, resumed = _last_step_weights(tmp_path / "reference"), _last_step_weights(tmp_path / "resumed")
     assert reference.keys() == resumed.keys()
     for name, weights in reference.items():
