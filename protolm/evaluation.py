@@ -109,12 +109,15 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     faithfulness_samples: int | None = None,
+    predicted: np.ndarray | None = None,
 ) -> EvaluationReport:
     """Faithfulness ranks tokens by the model's own explanation (attention for proto-lm,
     gradient x input for the baseline) against a random ranking, on ``faithfulness_samples``
-    seeded examples of ``data`` (all of them when None)."""
-    predictions = predict(model, data, batch_size, progress)
-    metrics = classification_metrics(data.labels, predictions.labels, model.config.num_classes)
+    seeded examples of ``data`` (all of them when None). ``predicted``: the model's labels
+    for ``data`` when the caller has them already (a pass over the data fewer)."""
+    if predicted is None:
+        predicted = predict(model, data, batch_size, progress).labels
+    metrics = classification_metrics(data.labels, predicted, model.config.num_classes)
     faithfulness = None
     if with_faithfulness:
         faithfulness = evaluate_faithfulness(

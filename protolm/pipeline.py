@@ -32,29 +32,36 @@ class Splits:
     test: TextClassificationData | None = None  # final evaluation; the validation split when None
 
 
-def _accuracy_from_pooled(model: ProtoLM, pooled: np.ndarray, labels: np.ndarray) -> float:
-    logits = model.classifier(similarities_from_pooled(model, pooled)).detach().cpu().numpy()
-    return classification_metrics(labels, logits.argmax(1), model.config.num_classes).accuracy
+def _labels_from_pooled(model: ProtoLM, pooled: np.ndarray) -> np.ndarray:
+    """The predicted labels of stored encodings: push changes only the layers after pooling."""
+    return model.classifier(similarities_from_pooled(model, pooled)).detach().cpu().numpy().argmax(1)
 
 
-def _project(model: ProtoLM, train: TextClassificationData, test: TextClassificationData, config: TrainConfig, output_dir: Path) -> dict:
+def _accuracy(model: ProtoLM, predicted: np.ndarray, data: TextClassificationData) -> float:
+    return classification_metrics(data.labels, predicted, model.config.num_classes).accuracy
+
+
+def _project(model: ProtoLM, train: TextClassificationData, test: TextClassificationData, config: TrainConfig,
+             output_dir: Path) -> tuple[dict, np.ndarray | None]:
     """Projection (and push, when asked, with accuracy on ``test`` before and after); returns
-    what it measured."""
+    what it measured, and after push the model's labels for ``test``."""
     batch = config.optim.eval_batch_size
     train_pooled = predict(model, train, batch).pooled
     exemplars = project_prototypes(model, train, train_pooled)
     report: dict = {}
+    test_predicted = None
     if config.optim.push:
         test_pooled = predict(model, test, batch).pooled
-        report["accuracy_before_push"] = _accuracy_from_pooled(model, test_pooled, test.labels)
+        report["accuracy_before_push"] = _accuracy(model, _labels_from_pooled(model, test_pooled), test)
         report["largest_push_distance"] = max(e.distance for e in exemplars)  # how far push moves a prototype
         push(model, train_pooled, train.labels, exemplars, config.optim.push_epochs, config.optim.seed)
-        report["accuracy_after_push"] = _accuracy_from_pooled(model, test_pooled, test.labels)
+        test_predicted = _labels_from_pooled(model, test_pooled)
+        report["accuracy_after_push"] = _accuracy(model, test_predicted, test)
         exemplars = project_prototypes(model, train, train_pooled)
         model.save_pretrained(output_dir)
         log.info("push: accuracy %.4f -> %.4f on %s", report["accuracy_before_push"], report["accuracy_after_push"], test.name)
     save_exemplars(output_dir, exemplars, source=train.name)
-    return report
+    return report, test_predicted
 
 
 def run_training(
@@ -69,7 +76,9 @@ def run_training(
     train, validation = splits.train, splits.validation
     test = splits.test if splits.test is not None else validation
     model, output_dir, record = train_model(config, train, validation)
-    projection = _project(model, train, test, config, output_dir) if isinstance(model, ProtoLM) and config.optim.project else None
+    projection, test_predicted = None, None
+    if isinstance(model, ProtoLM) and config.optim.project:
+        projection, test_predicted = _project(model, train, test, config, output_dir)
     report = evaluate(
         model,
         test,
@@ -78,6 +87,7 @@ def run_training(
         with_faithfulness=eval_config.faithfulness,
         seed=eval_config.seed,
         faithfulness_samples=eval_config.faithfulness_samples,
+        predicted=test_predicted,
     )
     record = dataclasses.replace(record, projection=projection, test=DataSummary(test.name, len(test)), evaluation=report.as_dict())
     record.write(output_dir)

@@ -81,3 +81,17 @@ def test_push_retrains_the_last_layer_without_the_exemplars(make_model, train_da
     assert torch.equal(honest.classifier.weight, misled.classifier.weight)
     assert retraining_rows(10, positions).tolist() == [i for i in range(10) if i not in positions]
     assert retraining_rows(3, [0, 1, 2]).tolist() == [0, 1, 2]  # nothing else to learn from: all of them
+
+
+def test_labels_from_stored_encodings_after_push_are_a_forward_pass(make_model, train_data):
+    """The training job evaluates with the test encodings from before push: push must leave
+    the encoder and the attention, the layers up to pooling, as they were."""
+    from protolm.pipeline import _labels_from_pooled
+
+    model = make_model(per_class=2, similarity="cosine")
+    pooled = predict(model, train_data, progress=False).pooled
+    before = _labels_from_pooled(model, pooled)
+    push(model, pooled, train_data.labels, project_prototypes(model, train_data, pooled), epochs=5, seed=0)
+    after = _labels_from_pooled(model, pooled)
+    assert (after == predict(model, train_data, progress=False).labels).all()
+    assert (before != after).any()  # push moved some answers: the check above compares the pushed model
