@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from protolm.benchmark.protocols import load_task_data
-from protolm.benchmark.suites import OPTIM_OVERRIDES, RunSpec
+from protolm.benchmark.suites import RunSpec
 from protolm.config import DataConfig, EvalConfig, ModelOptions, OptimConfig, TrainConfig
 from protolm.pipeline import run_training
 from protolm.training_record import TrainingRecord
@@ -52,8 +52,9 @@ def _git_commit() -> str | None:
 
 
 def train_config(spec: RunSpec, output_dir: Path, data_dir: str | None) -> TrainConfig:
-    model_overrides = {k: v for k, v in spec.overrides.items() if k not in OPTIM_OVERRIDES}
-    optim_overrides = {k: v for k, v in spec.overrides.items() if k in OPTIM_OVERRIDES}
+    optim_fields = {f.name for f in dataclasses.fields(OptimConfig)}
+    model_overrides = {k: v for k, v in spec.overrides.items() if k not in optim_fields}
+    optim_overrides = {k: v for k, v in spec.overrides.items() if k in optim_fields}
     return TrainConfig(
         data=DataConfig(task=spec.task, data_dir=data_dir, max_train_samples=spec.budget.train_samples),
         model=ModelOptions(architecture=spec.architecture, encoder=spec.encoder, **model_overrides),

@@ -54,7 +54,6 @@ ABLATIONS: tuple[tuple[str, str, dict], ...] = (
     *(("similarity", f"similarity={s}", {"similarity": s}) for s in ("inverse", "log")),
     ("push", "without push", {"push": False}),
 )
-OPTIM_OVERRIDES = frozenset({"push", "group_by_length"})  # options of OptimConfig rather than ModelOptions
 
 # Learning curves: both heads at growing training budgets, 1 epoch, the whole test split, no
 # faithfulness; 3 seeds up to CURVE_SEEDED_UP_TO examples, 1 above. None: the whole training split.

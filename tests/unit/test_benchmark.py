@@ -242,3 +242,11 @@ def test_push_is_measured_on_the_test_data_not_the_selection_split(tiny_encoder_
     (record,) = load_records(tmp_path / "results")
     assert record["data"]["selection"]["examples"] == protocols.SELECTION_SAMPLES != record["data"]["test"]["examples"]
     assert record["projection"]["accuracy_after_push"] == pytest.approx(record["accuracy"])
+
+
+def test_a_specs_overrides_reach_the_model_or_the_optimiser(tmp_path):
+    from protolm.benchmark.runner import train_config
+
+    spec = RunSpec("ablations", "sst5", "protolm", BASE_SEED, TaskBudget(100, 1, 1), overrides={"classifier_scale": 0.3, "push_epochs": 30})
+    config = train_config(spec, tmp_path, None)
+    assert (config.model.classifier_scale, config.optim.push_epochs) == (0.3, 30)
