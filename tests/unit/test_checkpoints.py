@@ -62,6 +62,8 @@ def _train(config, callbacks=()):
 @pytest.mark.parametrize("group_by_length", [False, True])
 def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_files, tiny_encoder_dir, tmp_path, group_by_length):
     _train(_config(tiny_files, tiny_encoder_dir, tmp_path / "reference", group_by_length, every_step=False))
+    kept = sorted(p.name for p in checkpoints_dir(tmp_path / "reference").glob("checkpoint-*"))
+    assert kept == [f"checkpoint-{STEPS_PER_EPOCH}", f"checkpoint-{2 * STEPS_PER_EPOCH}"]  # each epoch's end only
 
     config = _config(tiny_files, tiny_encoder_dir, tmp_path / "resumed", group_by_length)
     stop_at = STEPS_PER_EPOCH + 5  # in the middle of the second epoch
