@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import sort_checkpoints
 
 from protolm.config import TrainConfig
 from protolm.data import TextClassificationData
@@ -52,12 +52,12 @@ def run_fingerprint(config: TrainConfig, train: TextClassificationData, validati
 def _complete_checkpoints(directory: Path) -> list[Path]:
     """The checkpoints written to the end, oldest first; one cut off while being written goes."""
     complete = []
-    for path in directory.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+    for path in map(Path, sort_checkpoints(str(directory))):
         if (path / COMPLETE_MARKER).is_file():
             complete.append(path)
         else:
             shutil.rmtree(path, ignore_errors=True)
-    return sorted(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]))
+    return complete
 
 
 def checkpoint_to_resume(output_dir: Path, fingerprint: dict, resume: bool) -> Path | None:

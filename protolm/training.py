@@ -284,17 +284,17 @@ def train_model(
     data_config, options, optim = config.data, config.model, config.optim
     set_seed(optim.seed)
     max_length = options.max_length or default_max_length(data_source(data_config))
-    model = build_model(options, train, max_length)
-    warn_if_too_small(train, validation, model.config.num_prototypes if isinstance(model, ProtoLM) else None)
-    if isinstance(model, ProtoLM) and options.prototype_init == "data":
-        init_prototypes_from_data(model, train, optim.seed, optim.eval_batch_size)
-    if isinstance(model, ProtoLM):
-        model.reset_classifier(options.classifier_scale)
-
     name = data_config.task or Path(data_config.train_file or data_config.dataset or "data").stem
     output_dir = Path(optim.output_dir or f"runs/{options.architecture}-{name}")
     checkpoints = checkpoints_dir(output_dir)
     resume_from = checkpoint_to_resume(output_dir, run_fingerprint(config, train, validation), optim.resume)
+
+    model = build_model(options, train, max_length)
+    warn_if_too_small(train, validation, model.config.num_prototypes if isinstance(model, ProtoLM) else None)
+    if isinstance(model, ProtoLM) and resume_from is None:  # a resumed run's start is in its checkpoint
+        if options.prototype_init == "data":
+            init_prototypes_from_data(model, train, optim.seed, optim.eval_batch_size)
+        model.reset_classifier(options.classifier_scale)
     steps_per_epoch = max(1, -(-len(train) // optim.batch_size))
     args = TrainingArguments(
         output_dir=str(checkpoints),
