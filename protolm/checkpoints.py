@@ -27,18 +27,24 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"  # inside the model directory
 RUN_FILE = "run.json"  # which run the checkpoints belong to: its settings and a digest of its data
 COMPLETE_MARKER = "trainer_state.json"  # the Trainer writes it after a checkpoint's other files
-# Options that do not change what training computes, so a run may resume under other values.
-NOT_IN_FINGERPRINT = ("output_dir", "checkpoint_minutes", "resume", "dataloader_workers", "eval_batch_size")
+# Options that do not change what training computes (the last four act after it), so a run
+# may resume under other values.
+NOT_IN_FINGERPRINT = ("output_dir", "checkpoint_minutes", "resume", "dataloader_workers", "eval_batch_size",
+                      "project", "push", "push_refit", "push_epochs")
 
 
 def checkpoints_dir(output_dir: Path) -> Path:
     return output_dir / CHECKPOINTS_DIR
 
 
+def _training_settings(settings: dict) -> dict:
+    """``settings`` (a TrainConfig as a dict) without the options outside the fingerprint; also
+    applied to a recorded fingerprint, which may come from a version that had more of them."""
+    return {**settings, "optim": {k: v for k, v in settings["optim"].items() if k not in NOT_IN_FINGERPRINT}}
+
+
 def run_fingerprint(config: TrainConfig, train: TextClassificationData, validation: TextClassificationData) -> dict:
-    settings = dataclasses.asdict(config)
-    for name in NOT_IN_FINGERPRINT:
-        settings["optim"].pop(name)
+    settings = _training_settings(dataclasses.asdict(config))
     digest = hashlib.sha256()
     for data in (train, validation):
         for texts in (data.texts, data.text_pairs if data.is_pair else ()):
@@ -66,8 +72,9 @@ def checkpoint_to_resume(output_dir: Path, fingerprint: dict, resume: bool) -> P
     directory = checkpoints_dir(output_dir)
     if directory.is_dir():
         try:
-            same_run = json.loads((directory / RUN_FILE).read_text()) == fingerprint
-        except (OSError, ValueError):
+            recorded = json.loads((directory / RUN_FILE).read_text())
+            same_run = {**recorded, "settings": _training_settings(recorded["settings"])} == fingerprint
+        except (OSError, ValueError, KeyError, TypeError):
             same_run = False
         complete = _complete_checkpoints(directory)
         if resume and same_run and complete:

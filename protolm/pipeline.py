@@ -54,7 +54,8 @@ def _project(model: ProtoLM, train: TextClassificationData, test: TextClassifica
         test_pooled = predict(model, test, batch).pooled
         report["accuracy_before_push"] = _accuracy(model, _labels_from_pooled(model, test_pooled), test)
         report["largest_push_distance"] = max(e.distance for e in exemplars)  # how far push moves a prototype
-        push(model, train_pooled, train.labels, exemplars, config.optim.push_epochs, config.optim.seed)
+        push(model, train_pooled, train.labels, exemplars, config.optim.push_epochs, config.optim.seed,
+             refit=config.optim.push_refit)
         test_predicted = _labels_from_pooled(model, test_pooled)
         report["accuracy_after_push"] = _accuracy(model, test_predicted, test)
         exemplars = project_prototypes(model, train, train_pooled)

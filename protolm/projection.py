@@ -2,8 +2,8 @@
 
 The nearest-neighbour search runs in FAISS over the pooled encodings of the training set,
 so a million examples cost one exact flat scan per prototype batch. ``push`` (ProtoPNet)
-additionally moves each prototype onto its exemplar's encoding and retrains the last layer
-on the fixed similarities, which needs no further encoder pass.
+additionally moves each prototype onto its exemplar's encoding and refits the last layer
+(and, when asked, retrains it) on the fixed similarities, which needs no further encoder pass.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def similarities_from_pooled(model: ProtoLM, pooled: np.ndarray) -> torch.Tensor
 
 
 def retraining_rows(num_examples: int, exemplar_ids: list[int]) -> np.ndarray:
-    """The training examples the last layer is retrained on after push: all but the exemplars.
+    """The training examples the last layer is refitted and retrained on after push: all but the exemplars.
 
     An exemplar's similarity to its own prototype is exactly 1, which no unseen text has
     (the nearest prototype of an SST-2 sentence sits near 0.56); retrained on exemplars, the
@@ -103,18 +103,42 @@ def retraining_rows(num_examples: int, exemplar_ids: list[int]) -> np.ndarray:
     return rows if len(rows) else np.arange(num_examples)
 
 
-def push(model: ProtoLM, train_pooled: np.ndarray, train_labels: np.ndarray, exemplars: tuple[Exemplar, ...], epochs: int, seed: int, learning_rate: float = 1e-2) -> None:
-    """ProtoPNet's push: prototypes become their exemplars' encodings; for ``epochs`` > 0 the
-    last layer is retrained on the fixed similarities of the other training examples."""
+# Ridge weight of the refit toward the trained last layer, relative to the mean squared
+# similarity of a prototype over the training set. 0.01 to 1 gave the same SST-5 accuracy.
+REFIT_STRENGTH = 0.1
+
+
+def refit_last_layer(model: ProtoLM, similarities: torch.Tensor, target_logits: torch.Tensor, strength: float = REFIT_STRENGTH) -> None:
+    """The last layer whose logits on ``similarities`` come closest to ``target_logits``
+    (least squares), pulled toward the current weights: one linear solve over N prototypes."""
+    x, z = similarities.double(), target_logits.double()
+    weight = model.classifier.weight
+    ridge = strength * (x * x).sum() / x.shape[1]
+    gram = x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    fitted = torch.linalg.solve(gram, x.T @ z + ridge * weight.detach().double().T)
+    with torch.no_grad():
+        weight.copy_(fitted.T.to(weight.dtype))
+
+
+def push(model: ProtoLM, train_pooled: np.ndarray, train_labels: np.ndarray, exemplars: tuple[Exemplar, ...], epochs: int, seed: int,
+         *, refit: bool, learning_rate: float = 1e-2) -> None:
+    """ProtoPNet's push: prototypes become their exemplars' encodings. With ``refit`` the last
+    layer is then refitted so that the pushed model's logits on the other training examples
+    match the trained model's (push moved prototypes up to 0.7 in cosine distance on SST-5 at
+    4,000 examples, and cost up to 4 points with the trained layer kept); for ``epochs`` > 0 it
+    is then retrained on the labels, on the fixed similarities of those examples."""
     torch.manual_seed(seed)
     device = model.prototypes.vectors.device
     positions = [e.example_id for e in exemplars]
+    fit = retraining_rows(len(train_labels), positions)
     with torch.no_grad():
+        trained_logits = model.classifier(similarities_from_pooled(model, train_pooled[fit]))
         model.prototypes.vectors.copy_(torch.from_numpy(train_pooled[positions]).to(device))
+    similarities = similarities_from_pooled(model, train_pooled[fit])
+    if refit:
+        refit_last_layer(model, similarities, trained_logits)
     if epochs == 0:
         return
-    fit = retraining_rows(len(train_labels), positions)
-    similarities = similarities_from_pooled(model, train_pooled[fit])
     labels = torch.from_numpy(train_labels[fit]).to(device)
     optimizer = torch.optim.Adam(model.classifier.parameters(), lr=learning_rate)
     batch = 256

@@ -100,3 +100,20 @@ def test_other_settings_or_resume_false_start_afresh(tiny_files, tiny_encoder_di
     with caplog.at_level(logging.WARNING, logger="protolm.checkpoints"):
         _, _, record = _train(afresh)
     assert "--resume is false" in caplog.text and record.earlier_training_seconds == 0
+
+
+def test_options_acting_after_training_do_not_stop_a_resume(tiny_files, tiny_encoder_dir, tmp_path):
+    """Projection and push run after training, so changing them keeps the checkpoints, also
+    those of a version whose fingerprint still held them."""
+    output_dir = tmp_path / "model"
+    config = _config(tiny_files, tiny_encoder_dir, output_dir, every_step=False)
+    with pytest.raises(Interrupted):
+        _train(config, [InterruptAfterSaving(STEPS_PER_EPOCH)])
+    run_file = checkpoints_dir(output_dir) / RUN_FILE
+    recorded = json.loads(run_file.read_text())
+    recorded["settings"]["optim"].update(project=True, push=True, push_epochs=0)  # the earlier format
+    run_file.write_text(json.dumps(recorded))
+
+    pushed_otherwise = TrainConfig(config.data, config.model, OptimConfig(**{**config.optim.__dict__, "push_refit": True, "push_epochs": 3}))
+    _, _, record = _train(pushed_otherwise)
+    assert record.earlier_training_seconds > 0  # it went on from the first epoch's checkpoint

@@ -58,7 +58,7 @@ def test_push_moves_prototypes_onto_exemplars_and_retrains_last_layer(make_model
     pooled = predict(model, train_data, progress=False).pooled
     exemplars = project_prototypes(model, train_data, pooled)
     before = model.classifier.weight.detach().clone()
-    push(model, pooled, train_data.labels, exemplars, epochs=5, seed=0)
+    push(model, pooled, train_data.labels, exemplars, epochs=5, seed=0, refit=False)
     positions = [e.example_id for e in exemplars]
     assert torch.allclose(model.prototypes.vectors, torch.from_numpy(pooled[positions]))
     assert not torch.equal(before, model.classifier.weight)
@@ -76,8 +76,8 @@ def test_push_retrains_the_last_layer_without_the_exemplars(make_model, train_da
     flipped = train_data.labels.copy()
     flipped[positions] = 1 - flipped[positions]
     honest, misled = model, copy.deepcopy(model)
-    push(honest, pooled, train_data.labels, exemplars, epochs=5, seed=0)
-    push(misled, pooled, flipped, exemplars, epochs=5, seed=0)
+    push(honest, pooled, train_data.labels, exemplars, epochs=5, seed=0, refit=False)
+    push(misled, pooled, flipped, exemplars, epochs=5, seed=0, refit=False)
     assert torch.equal(honest.classifier.weight, misled.classifier.weight)
     assert retraining_rows(10, positions).tolist() == [i for i in range(10) if i not in positions]
     assert retraining_rows(3, [0, 1, 2]).tolist() == [0, 1, 2]  # nothing else to learn from: all of them
@@ -91,7 +91,39 @@ def test_labels_from_stored_encodings_after_push_are_a_forward_pass(make_model, 
     model = make_model(per_class=2, similarity="cosine")
     pooled = predict(model, train_data, progress=False).pooled
     before = _labels_from_pooled(model, pooled)
-    push(model, pooled, train_data.labels, project_prototypes(model, train_data, pooled), epochs=5, seed=0)
+    push(model, pooled, train_data.labels, project_prototypes(model, train_data, pooled), epochs=5, seed=0, refit=False)
     after = _labels_from_pooled(model, pooled)
     assert (after == predict(model, train_data, progress=False).labels).all()
     assert (before != after).any()  # push moved some answers: the check above compares the pushed model
+
+
+def _logits(model, pooled):
+    from protolm.projection import similarities_from_pooled
+
+    with torch.no_grad():
+        return model.classifier(similarities_from_pooled(model, pooled)).numpy()
+
+
+def test_refit_after_push_keeps_the_trained_models_logits(make_model, train_data):
+    """Push moves the prototypes; the refitted last layer brings the logits on the training
+    examples back toward the trained model's, and changes nothing where push moved nothing."""
+    import copy
+
+    refitted = make_model(per_class=2, similarity="cosine")
+    with torch.no_grad():
+        refitted.classifier.weight.normal_()
+    pooled = predict(refitted, train_data, progress=False).pooled
+    exemplars = project_prototypes(refitted, train_data, pooled)
+    trained = _logits(refitted, pooled)
+    kept = copy.deepcopy(refitted)
+    push(kept, pooled, train_data.labels, exemplars, epochs=0, seed=0, refit=False)
+    push(refitted, pooled, train_data.labels, exemplars, epochs=0, seed=0, refit=True)
+    rows = retraining_rows(len(train_data), [e.example_id for e in exemplars])
+    kept_error = np.abs(_logits(kept, pooled) - trained)[rows].mean()
+    refit_error = np.abs(_logits(refitted, pooled) - trained)[rows].mean()
+    assert refit_error < 0.5 * kept_error
+    assert torch.equal(kept.prototypes.vectors, refitted.prototypes.vectors)
+
+    settled = refitted.classifier.weight.detach().clone()
+    push(refitted, pooled, train_data.labels, project_prototypes(refitted, train_data, pooled), epochs=0, seed=0, refit=True)
+    assert torch.allclose(refitted.classifier.weight, settled, atol=1e-5)  # prototypes already are their exemplars
