@@ -15,7 +15,7 @@ from protolm.data import TextClassificationData, load_split, validation_split_na
 from protolm.evaluation import EvaluationReport, classification_metrics, evaluate
 from protolm.inference import predict
 from protolm.model import EncoderClassifier, ProtoLM, load_model
-from protolm.projection import load_exemplars, project_prototypes, push, save_exemplars, similarities_from_pooled
+from protolm.projection import load_exemplars, logits_from_pooled, project_prototypes, push, save_exemplars
 from protolm.training import data_source, load_train_validation, train_model
 from protolm.training_record import DataSummary, TrainingRecord
 
@@ -34,7 +34,7 @@ class Splits:
 
 def _labels_from_pooled(model: ProtoLM, pooled: np.ndarray) -> np.ndarray:
     """The predicted labels of stored encodings: push changes only the layers after pooling."""
-    return model.classifier(similarities_from_pooled(model, pooled)).detach().cpu().numpy().argmax(1)
+    return logits_from_pooled(model, pooled).cpu().numpy().argmax(1)
 
 
 def _accuracy(model: ProtoLM, predicted: np.ndarray, data: TextClassificationData) -> float:

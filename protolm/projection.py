@@ -92,6 +92,12 @@ def similarities_from_pooled(model: ProtoLM, pooled: np.ndarray) -> torch.Tensor
         return model.prototypes(torch.from_numpy(pooled).to(device))[1]
 
 
+def logits_from_pooled(model: ProtoLM, pooled: np.ndarray) -> torch.Tensor:
+    """Class logits for stored encodings: push changes only the layers after pooling."""
+    with torch.no_grad():
+        return model.classifier(similarities_from_pooled(model, pooled))
+
+
 def retraining_rows(num_examples: int, exemplar_ids: list[int]) -> np.ndarray:
     """The training examples the last layer is refitted and retrained on after push: all but the exemplars.
 
@@ -131,21 +137,24 @@ def push(model: ProtoLM, train_pooled: np.ndarray, train_labels: np.ndarray, exe
     device = model.prototypes.vectors.device
     positions = [e.example_id for e in exemplars]
     fit = retraining_rows(len(train_labels), positions)
+    trained_logits = logits_from_pooled(model, train_pooled[fit]) if refit else None
     with torch.no_grad():
-        trained_logits = model.classifier(similarities_from_pooled(model, train_pooled[fit])) if refit else None
         model.prototypes.vectors.copy_(torch.from_numpy(train_pooled[positions]).to(device))
-    if not refit and epochs == 0:
+    if not (refit or epochs):
         return
     similarities = similarities_from_pooled(model, train_pooled[fit])
     if refit:
         refit_last_layer(model, similarities, trained_logits)
-    if epochs == 0:
-        return
-    labels = torch.from_numpy(train_labels[fit]).to(device)
+    if epochs:
+        retrain_last_layer(model, similarities, torch.from_numpy(train_labels[fit]).to(device), epochs, learning_rate)
+
+
+def retrain_last_layer(model: ProtoLM, similarities: torch.Tensor, labels: torch.Tensor, epochs: int, learning_rate: float) -> None:
+    """ProtoPNet's last-layer retraining: cross-entropy on fixed similarities, Adam, batches of 256."""
     optimizer = torch.optim.Adam(model.classifier.parameters(), lr=learning_rate)
     batch = 256
     for _ in range(epochs):
-        order = torch.randperm(len(labels), device=device)
+        order = torch.randperm(len(labels), device=labels.device)
         for start in range(0, len(order), batch):
             rows = order[start : start + batch]
             loss = torch.nn.functional.cross_entropy(model.classifier(similarities[rows]), labels[rows])

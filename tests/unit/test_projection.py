@@ -5,7 +5,7 @@ import torch
 from protolm.data import TextClassificationData
 from protolm.evaluation import prototype_quality
 from protolm.inference import predict
-from protolm.projection import load_exemplars, nearest_examples, project_prototypes, push, retraining_rows, save_exemplars
+from protolm.projection import load_exemplars, logits_from_pooled, nearest_examples, project_prototypes, push, retraining_rows, save_exemplars
 
 TEXTS = ["good", "great fun", "bad", "awful mess", "fine acting", "boring plot", "lovely", "terrible", "superb work", "weak"]
 
@@ -97,13 +97,6 @@ def test_labels_from_stored_encodings_after_push_are_a_forward_pass(make_model, 
     assert (before != after).any()  # push moved some answers: the check above compares the pushed model
 
 
-def _logits(model, pooled):
-    from protolm.projection import similarities_from_pooled
-
-    with torch.no_grad():
-        return model.classifier(similarities_from_pooled(model, pooled)).numpy()
-
-
 def test_refit_after_push_keeps_the_trained_models_logits(make_model, train_data):
     """Push moves the prototypes; the refitted last layer brings the logits on the training
     examples back toward the trained model's, and changes nothing where push moved nothing."""
@@ -114,13 +107,13 @@ def test_refit_after_push_keeps_the_trained_models_logits(make_model, train_data
         refitted.classifier.weight.normal_()
     pooled = predict(refitted, train_data, progress=False).pooled
     exemplars = project_prototypes(refitted, train_data, pooled)
-    trained = _logits(refitted, pooled)
+    trained = logits_from_pooled(refitted, pooled)
     kept = copy.deepcopy(refitted)
     push(kept, pooled, train_data.labels, exemplars, epochs=0, seed=0, refit=False)
     push(refitted, pooled, train_data.labels, exemplars, epochs=0, seed=0, refit=True)
     rows = retraining_rows(len(train_data), [e.example_id for e in exemplars])
-    kept_error = np.abs(_logits(kept, pooled) - trained)[rows].mean()
-    refit_error = np.abs(_logits(refitted, pooled) - trained)[rows].mean()
+    kept_error = np.abs(logits_from_pooled(kept, pooled) - trained)[rows].mean()
+    refit_error = np.abs(logits_from_pooled(refitted, pooled) - trained)[rows].mean()
     assert refit_error < 0.5 * kept_error
     assert torch.equal(kept.prototypes.vectors, refitted.prototypes.vectors)
 
