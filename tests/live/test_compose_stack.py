@@ -220,8 +220,10 @@ def test_sighup_reloads_with_no_failed_call(stack):
 def test_prometheus_scrapes_the_service_and_loads_the_alert_rules(stack):
     wait_for(lambda: any(t["labels"]["job"] == "protolm" and t["health"] == "up" for t in stack.prometheus("targets")["activeTargets"]),
              60, "protolm target up")
-    series = stack.prometheus("label/__name__/values")
-    assert {"protolm_requests_total", "protolm_request_duration_seconds_bucket", "protolm_model_info"} <= set(series)
+    # The target is up after its first scrape, which may precede the earlier tests' calls: the
+    # request series appear with the next scrape.
+    served = {"protolm_requests_total", "protolm_request_duration_seconds_bucket", "protolm_model_info"}
+    wait_for(lambda: served <= set(stack.prometheus("label/__name__/values")), 60, "the request series scraped")
     groups = stack.prometheus("rules")["groups"]
     assert groups and all(g["rules"] for g in groups)
     checked = run(docker_cli(), "exec", stack.container("prometheus"), "promtool", "check", "rules", "/etc/prometheus/prometheus-alerts.yml")
